@@ -1,0 +1,1 @@
+"""Model backbones shared by the metric families (CLIP towers, tokenizers, checkpoint converters)."""

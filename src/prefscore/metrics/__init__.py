@@ -1,0 +1,1 @@
+"""One module per metric family; each class is reached through :func:`prefscore.load`."""

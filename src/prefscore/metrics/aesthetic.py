@@ -1,0 +1,120 @@
+"""LAION aesthetic predictors: a head on L2-normalised OpenAI CLIP ViT-L/14 image features.
+
+Model directory layout (the fixture's, and what a user with local files provides):
+``clip.pt`` / ``ViT-L-14.pt`` (OpenAI format) or HF CLIP files, plus the head file
+(``sac+logos+ava1-l14-linearMSE.pth`` or ``aesthetic-mlp.pth`` for v2; ``sa_0_4_vit_l_14_linear.pth``
+or ``aesthetic-linear.pth`` for v1). Preprocessing is OpenAI CLIP's ``_transform`` (the official
+scripts use ``clip.load``), also when the backbone comes in HF format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import hub, preprocess
+from ..backbones.clip import OPENAI_ARCH, read_state_dict
+from ..backbones.loading import fetch_url, has_hf_clip, load_clip_tower
+from ..base import Metric
+from ..errors import CheckpointError
+
+OPENAI_CLIP_FILES = ("ViT-L-14.pt", "clip.pt", "model.pt")
+DEFAULT_BACKBONE = "openai/clip-vit-large-patch14"
+V2_HEAD_REPO = "camenduru/improved-aesthetic-predictor"
+V2_HEADS = ("sac+logos+ava1-l14-linearMSE.pth", "aesthetic-mlp.pth", "ava+logos-l14-linearMSE.pth")
+V1_HEAD_URL = "https://github.com/LAION-AI/aesthetic-predictor/raw/main/sa_0_4_vit_l_14_linear.pth"
+V1_HEADS = ("sa_0_4_vit_l_14_linear.pth", "aesthetic-linear.pth")
+
+
+class AestheticMLP(nn.Sequential):
+    """The v2 head: Linear(d,1024) Dropout Linear(1024,128) Dropout Linear(128,64) Dropout Linear(64,16)
+    Linear(16,1), no activations (as in simple_inference.py; state-dict keys ``layers.N``)."""
+
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def build_head(sd: dict, kind: str, embed_dim: int, source: str) -> nn.Module:
+    if kind == "mlp":
+        sd = _strip(sd, "layers.")
+        first = sd.get("0.weight")
+        if first is None:
+            raise CheckpointError(f"{source}: tensor 'layers.0.weight' is missing; not an improved-aesthetic-predictor head")
+        head = AestheticMLP(first.shape[1])
+    else:
+        first = sd.get("weight")
+        if first is None:
+            raise CheckpointError(f"{source}: tensor 'weight' is missing; not a linear aesthetic head")
+        head = nn.Linear(first.shape[1], 1)
+    if first.shape[1] != embed_dim:
+        name = "layers.0.weight" if kind == "mlp" else "weight"
+        raise CheckpointError(
+            f"{source}: head tensor '{name}' has shape {tuple(first.shape)}: it expects {first.shape[1]}-d features "
+            f"but the CLIP backbone gives {embed_dim}-d"
+        )
+    expected = head.state_dict()
+    for k, v in sd.items():
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{source}: head tensor '{k}' has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    missing, unexpected = head.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: head does not fit: missing {missing}, unexpected {unexpected}")
+    return head.eval()
+
+
+class LaionAesthetic(Metric):
+    """Aesthetic score (about 1-10, higher is better) from the v2 MLP head."""
+
+    kind = "mlp"
+    head_names = V2_HEADS
+
+    def __init__(self, spec, source: str, device="cpu", dtype="float32", head: str | None = None, backbone: str | None = None):
+        super().__init__(device, dtype)
+        self.spec = spec
+        if source == spec.default_model:
+            backbone_src, head_path = backbone or DEFAULT_BACKBONE, self._default_head()
+        else:
+            root = Path(source).expanduser()
+            if not root.is_dir():
+                raise CheckpointError(
+                    f"{source}: the model of '{spec.name}' is a local directory holding the CLIP backbone and the head file"
+                )
+            names = (head,) if head else self.head_names
+            head_path = hub.find_file(root, names, what=f"{spec.name} head")
+            has_backbone = has_hf_clip(root) or any((root / n).is_file() for n in OPENAI_CLIP_FILES)
+            backbone_src = backbone or (str(root) if has_backbone else DEFAULT_BACKBONE)
+        self.clip = load_clip_tower(backbone_src, OPENAI_ARCH, self.dtype, OPENAI_CLIP_FILES, what="CLIP ViT-L/14 backbone")
+        embed_dim = self.clip.model.config.projection_dim
+        self.head = build_head(read_state_dict(head_path), self.kind, embed_dim, str(head_path))
+        self.clip.to(self.device)
+        self.head.to(self.device)
+        self.image_size = self.clip.image_size
+
+    def _default_head(self) -> Path:
+        return hub.find_file(V2_HEAD_REPO, [V2_HEADS[0]], what="improved aesthetic predictor head")
+
+    def preprocess(self, image, name):
+        return preprocess.openai_clip(image, self.image_size, name=name)
+
+    def forward(self, pixels, prompts=None):
+        feats = self.clip.image_features(pixels).float()
+        norm = feats.norm(dim=-1, keepdim=True)
+        feats = feats / torch.where(norm == 0, torch.ones_like(norm), norm)  # zero norm guarded as in the script
+        return self.head(feats)[:, 0]
+
+
+class LaionAestheticV1(LaionAesthetic):
+    """Aesthetic score (about 1-10) from the v1 linear head."""
+
+    kind = "linear"
+    head_names = V1_HEADS
+
+    def _default_head(self) -> Path:
+        return fetch_url(V1_HEAD_URL, "LAION aesthetic v1 head")

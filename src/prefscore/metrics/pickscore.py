@@ -1,0 +1,54 @@
+"""PickScore: ``exp(logit_scale) * cos`` of a fine-tuned CLIP-H, as in the PickScore README loop.
+
+Model source: ``yuvalkirstain/PickScore_v1`` (HF CLIPModel) with the tokenizer and image processor
+of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, or a local directory holding the model files and,
+optionally, the processor files (then both are read from it). Images go through transformers 4.x's
+``CLIPImageProcessor`` semantics (reproduced in Pillow; transformers 5 differs on alpha and with
+its torchvision backend), text through the HF fast tokenizer (truncated to 77 tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import hub, preprocess
+from ..backbones.clip import OPEN_CLIP_VIT_H_14
+from ..backbones.loading import has_processor, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
+from ..base import Metric
+
+PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
+PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+class PickScore(Metric):
+    """PickScore (about 18-23 on real images; compare within a prompt)."""
+
+    def __init__(self, spec, source: str, device="cpu", dtype="float32", processor: str | None = None):
+        super().__init__(device, dtype)
+        self.spec = spec
+        repo = PICKSCORE_REPO if source == spec.default_model else source
+        self.clip = load_clip_tower(repo, OPEN_CLIP_VIT_H_14, self.dtype, what="PickScore model").to(self.device)
+        if processor is None:
+            processor = repo if hub.is_local(repo) and has_processor(Path(repo)) else PROCESSOR_REPO
+        pdir = processor_dir(processor, what="CLIP-H processor")
+        self.tokenizer = load_hf_tokenizer(pdir)
+        self.processor = load_processor_config(pdir)
+
+    def preprocess(self, image, name):
+        return preprocess.hf_clip(image, self.processor, name=name)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        feats = hf_text_features(self.clip, self.tokenizer, prompts, self.device).float()
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    def forward(self, pixels, prompts):
+        img = self.clip.image_features(pixels).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = self.cached_text_features(prompts, self.encode_text)
+        return self.clip.logit_scale.float().exp() * (img * txt).sum(-1)
+
+    def preference_temperature(self) -> float:
+        """The score already carries ``exp(logit_scale)``: softmax(score) is PickScore's probability."""
+        return 1.0

@@ -1,0 +1,179 @@
+"""The three image pipelines of the official implementations, reproduced without torchvision.
+
+Each function takes a decoded PIL image in its stored mode and returns a float32 tensor
+``(3, size, size)`` normalised with the given mean/std. Which pipeline a metric uses, and why the
+differences matter (up to 1e-2 in score), is in ``REFERENCE-METRICS.md`` and the README:
+
+* :func:`openai_clip` - OpenAI ``clip`` ``_transform``: resize the short side in the image's own
+  mode, centre-crop with rounded offsets, then convert to RGB (LAION aesthetic, ImageReward).
+* :func:`hf_clip` - transformers 4.x ``CLIPImageProcessor``: convert to RGB first, resize the short
+  side (long side truncated), centre-crop with floored offsets (PickScore, CLIP-IQA, CLIPScore).
+* :func:`hps_pad` - HPSv2 ``light_augmentation``: to tensor, resize the *long* side with antialiased
+  bicubic on float values (no clamping), zero-pad to a square, normalise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import ImageError
+from .images import to_rgb
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _normalize(chw: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=chw.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=chw.dtype).view(-1, 1, 1)
+    return (chw - mean_t) / std_t
+
+
+def _to_tensor(rgb: Image.Image) -> torch.Tensor:
+    """torchvision ``ToTensor`` for an RGB image: uint8 HWC -> float32 CHW in [0, 1]."""
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div(255)
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: int, name: str, **kw) -> Image.Image:
+    if image.size == size:
+        return image
+    try:
+        return image.resize(size, resample, **kw)
+    except (ValueError, OSError) as exc:
+        raise ImageError(name, f"cannot resize mode {image.mode!r}: {exc}") from None
+
+
+def openai_clip(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD, name: str = "<image>") -> torch.Tensor:
+    """OpenAI CLIP's ``Resize(size, BICUBIC) -> CenterCrop(size) -> convert('RGB') -> ToTensor -> Normalize``.
+
+    The resize runs on the image in its stored mode (Pillow then uses NEAREST for P/1 images and
+    premultiplied alpha for RGBA), with the long side ``int()``-truncated as torchvision does; the
+    crop offsets are ``round((dim - size) / 2)`` (half to even).
+    """
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    image = _resize(image, (new_w, new_h), Image.BICUBIC, name)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    return _normalize(_to_tensor(to_rgb(image, name)), mean, std)
+
+
+@dataclass(frozen=True)
+class HFProcessorConfig:
+    """The fields of a ``preprocessor_config.json`` that CLIP-style processors use."""
+
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    resample: int = 3
+    mean: tuple[float, ...] = OPENAI_MEAN
+    std: tuple[float, ...] = OPENAI_STD
+    do_resize: bool = True
+    do_center_crop: bool = True
+    do_normalize: bool = True
+    rescale_factor: float = 1 / 255
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "HFProcessorConfig":
+        size = cfg.get("size", 224)
+        if isinstance(size, dict):
+            if "shortest_edge" not in size:
+                raise ValueError(f"unsupported processor size {size!r} (expected an int or shortest_edge)")
+            size = size["shortest_edge"]
+        crop = cfg.get("crop_size", size)
+        if isinstance(crop, dict):
+            crop_h, crop_w = crop["height"], crop["width"]
+        else:
+            crop_h = crop_w = crop
+        return cls(
+            shortest_edge=int(size),
+            crop_height=int(crop_h),
+            crop_width=int(crop_w),
+            resample=int(cfg.get("resample", 3)),
+            mean=tuple(cfg.get("image_mean", OPENAI_MEAN)),
+            std=tuple(cfg.get("image_std", OPENAI_STD)),
+            do_resize=bool(cfg.get("do_resize", True)),
+            do_center_crop=bool(cfg.get("do_center_crop", True)),
+            do_normalize=bool(cfg.get("do_normalize", True)),
+            rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+        )
+
+
+def hf_clip(image: Image.Image, cfg: HFProcessorConfig = HFProcessorConfig(), name: str = "<image>") -> torch.Tensor:
+    """transformers 4.x ``CLIPImageProcessor`` on a PIL image, in Pillow and numpy.
+
+    ``convert('RGB')`` (alpha dropped, never composited) -> short side to ``shortest_edge`` with
+    the long side ``int()``-truncated, Pillow resample on uint8 -> centre crop with floored
+    offsets -> ``* rescale_factor`` (in float64, stored as float32) -> normalise.
+    """
+    image = to_rgb(image, name)
+    if cfg.do_resize:
+        w, h = image.size
+        s = cfg.shortest_edge
+        if w <= h:
+            new_w, new_h = s, int(s * h / w)
+        else:
+            new_w, new_h = int(s * w / h), s
+        image = _resize(image, (new_w, new_h), cfg.resample, name, reducing_gap=None)
+    array = np.asarray(image, dtype=np.uint8)
+    if cfg.do_center_crop:
+        array = _center_crop_floor(array, cfg.crop_height, cfg.crop_width)
+    pixels = (array.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+    if cfg.do_normalize:
+        pixels = (pixels - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def _center_crop_floor(array: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
+    """transformers' ``center_crop``: floored offsets, zero padding where the image is smaller."""
+    h, w = array.shape[:2]
+    if h < crop_h or w < crop_w:
+        padded = np.zeros((max(h, crop_h), max(w, crop_w), array.shape[2]), dtype=array.dtype)
+        top_pad, left_pad = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
+        padded[top_pad : top_pad + h, left_pad : left_pad + w] = array
+        array, h, w = padded, padded.shape[0], padded.shape[1]
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return array[top : top + crop_h, left : left + crop_w]
+
+
+def resize_max_pad(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """HPSv2's ``ResizeMaxSize`` on a float tensor ``(..., C, H, W)``: long side to ``size`` with
+    ``round()`` (half to even), antialiased bicubic without clamping, then zero padding split
+    ``pad // 2`` left/top and the rest right/bottom. Differentiable.
+
+    The reference skips resize *and* padding when the long side already equals ``size``, which
+    leaves a non-square image that its model then rejects; here such an image is padded.
+    """
+    h, w = pixels.shape[-2:]
+    scale = size / max(h, w)
+    if scale != 1.0:
+        new_h, new_w = round(h * scale), round(w * scale)
+        batched = pixels if pixels.dim() == 4 else pixels.unsqueeze(0)
+        batched = F.interpolate(batched, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+        pixels = batched if pixels.dim() == 4 else batched.squeeze(0)
+        h, w = new_h, new_w
+    pad_h, pad_w = size - h, size - w
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return pixels
+
+
+def hps_pad(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD, name: str = "<image>") -> torch.Tensor:
+    """HPSv2's ``light_augmentation`` eval transform.
+
+    The reference keeps RGBA images as RGBA and then crashes in the 3-channel conv; here the alpha
+    channel is dropped with Pillow's ``convert('RGB')``, as every other metric does.
+    """
+    pixels = _to_tensor(to_rgb(image, name))
+    return _normalize(resize_max_pad(pixels, size), mean, std)

@@ -1,0 +1,190 @@
+"""The metric registry: names -> specs (inputs, range, direction, default weights, licence, notes)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UnknownMetricError
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric is, before any weights are loaded.
+
+    ``output_range`` is the mathematically possible range (``-inf``/``inf`` where unbounded);
+    ``typical`` says what values look like in practice. ``entry`` is ``"module:Class"``.
+    """
+
+    name: str
+    family: str
+    summary: str
+    inputs: str  # "image" or "image+prompt"
+    output_range: tuple[float, float]
+    typical: str
+    higher_is_better: bool
+    default_model: str
+    weights_license: str
+    strength: str
+    caveat: str
+    entry: str
+    paper: str = ""
+    options: dict = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def prompt_aware(self) -> bool:
+        return self.inputs == "image+prompt"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("entry")
+        d["output_range"] = [_fmt(x) for x in self.output_range]
+        return d
+
+
+def _fmt(x: float):
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+_SPECS: dict[str, MetricSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: MetricSpec) -> MetricSpec:
+    if spec.name in _SPECS:
+        raise ValueError(f"metric {spec.name!r} is already registered")
+    _SPECS[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+def get_spec(name: str) -> MetricSpec:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _SPECS:
+        close = difflib.get_close_matches(key, list(_SPECS) + list(_ALIASES), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownMetricError(f"unknown metric {name!r}.{hint} Known metrics: {', '.join(_SPECS)}.")
+    return _SPECS[key]
+
+
+def list_metrics() -> list[MetricSpec]:
+    """Every registered metric, in registry order (see :class:`MetricSpec` for the fields)."""
+    return list(_SPECS.values())
+
+
+def load(name: str, model: str | Path | None = None, device: str = "cpu", dtype: str = "float32", **options):
+    """Load a metric by registry name.
+
+    ``model``: a hub repo id or a local directory holding the same files as the published repo;
+    None loads the official default (``spec.default_model``). ``device``: any torch device string.
+    ``dtype``: "float32" (default; the parity setting), "float16" or "bfloat16".
+    ``options``: metric-specific settings (listed in ``spec.options``).
+    """
+    spec = get_spec(name)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        known = ", ".join(sorted(spec.options)) or "none"
+        raise TypeError(f"metric '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; its options: {known}")
+    module_name, cls_name = spec.entry.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    metric = cls(spec, source=str(model) if model is not None else spec.default_model, device=device, dtype=dtype, **options)
+    return metric
+
+
+def _builtin() -> None:
+    register(MetricSpec(
+        name="laion-aesthetic", family="aesthetic", aliases=("aesthetic", "laion-aesthetic-v2", "improved-aesthetic"),
+        summary="LAION improved aesthetic predictor (v2 MLP head on L2-normalised CLIP ViT-L/14 image features)",
+        inputs="image", output_range=(-INF, INF), typical="about 1-10 (mean human rating); 6.5+ is 'high aesthetic'",
+        higher_is_better=True,
+        default_model="openai/clip-vit-large-patch14 + camenduru/improved-aesthetic-predictor (sac+logos+ava1-l14-linearMSE.pth)",
+        weights_license="CLIP: MIT; head: Apache-2.0",
+        strength="cheap, prompt-free look-good filter used to build LAION-Aesthetics",
+        caveat="ignores the prompt: a beautiful image of the wrong thing scores high",
+        entry="prefscore.metrics.aesthetic:LaionAesthetic",
+        paper="christophschuhmann/improved-aesthetic-predictor",
+        options={"head": "file name of the head in the model directory", "backbone": "CLIP source (dir or hub id) if not in the model directory"},
+    ))
+    register(MetricSpec(
+        name="laion-aesthetic-v1", family="aesthetic", aliases=("aesthetic-v1",),
+        summary="LAION aesthetic predictor v1 (linear head on L2-normalised CLIP ViT-L/14 image features)",
+        inputs="image", output_range=(-INF, INF), typical="about 1-10 (SAC ratings)", higher_is_better=True,
+        default_model="openai/clip-vit-large-patch14 + LAION-AI/aesthetic-predictor (sa_0_4_vit_l_14_linear.pth)",
+        weights_license="CLIP: MIT; head: MIT",
+        strength="the original LAION-Aesthetics V1 filter; a single linear map, very fast",
+        caveat="ignores the prompt; weaker than v2 on AVA",
+        entry="prefscore.metrics.aesthetic:LaionAestheticV1",
+        paper="LAION-AI/aesthetic-predictor",
+        options={"head": "file name of the head in the model directory", "backbone": "CLIP source (dir or hub id) if not in the model directory"},
+    ))
+    register(MetricSpec(
+        name="clip-iqa", family="clip-iqa", aliases=("clipiqa",),
+        summary="CLIP-IQA: softmax over antonym prompt pairs of 100*cos, probability of the positive prompt",
+        inputs="image", output_range=(0.0, 1.0), typical="0-1 per axis", higher_is_better=True,
+        default_model="openai/clip-vit-base-patch16",
+        weights_license="CLIP: MIT",
+        strength="zero-shot, interpretable axes (quality, sharpness, noise, ...) and custom antonym pairs",
+        caveat="depends on prompt design; the sign of some axes is arbitrary (e.g. 'scary', 'new')",
+        entry="prefscore.metrics.clipiqa:ClipIQA",
+        paper="Wang et al. 2023, Exploring CLIP for Assessing the Look and Feel of Images",
+        options={"prompts": "axes: built-in names and/or (positive, negative) sentence pairs; default ('quality',)",
+                 "backbone": "'hf' (any HF CLIP, the default) or 'rn50' (original CLIP-IQA: OpenAI RN50, no positional embedding, full resolution)",
+                 "logit_scale": "multiplier of the cosine (default 100, as torchmetrics and the paper)"},
+    ))
+    register(MetricSpec(
+        name="hpsv2", family="hps", aliases=("hps", "hps-v2", "hpsv2.0"),
+        summary="Human Preference Score v2: cosine of open_clip ViT-H-14 image and prompt features",
+        inputs="image+prompt", output_range=(-1.0, 1.0), typical="about 0.2-0.35 (tables print 100x)",
+        higher_is_better=True, default_model="xswu/HPSv2 (HPS_v2_compressed.pt)",
+        weights_license="Apache-2.0",
+        strength="strong agreement with HPD v2 human rankings",
+        caveat="dataset/style bias of HPD v2; compare images of the same prompt only; v2 and v2.1 scales differ",
+        entry="prefscore.metrics.hps:HPSv2", paper="Wu et al. 2023, Human Preference Score v2",
+        options={"checkpoint": "checkpoint file name in the model directory", "tokenizer": "source of the CLIP BPE vocabulary"},
+    ))
+    register(MetricSpec(
+        name="hpsv2.1", family="hps", aliases=("hps-v2.1", "hpsv21"),
+        summary="Human Preference Score v2.1 (retrained HPS v2 on higher-quality data)",
+        inputs="image+prompt", output_range=(-1.0, 1.0), typical="about 0.2-0.35 (tables print 100x)",
+        higher_is_better=True, default_model="xswu/HPSv2 (HPS_v2.1_compressed.pt)",
+        weights_license="Apache-2.0",
+        strength="best HPD v2 accuracy of the CLIP-based scorers",
+        caveat="dataset/style bias of HPD v2; compare images of the same prompt only; not comparable with v2.0",
+        entry="prefscore.metrics.hps:HPSv21", paper="Wu et al. 2023, Human Preference Score v2",
+        options={"checkpoint": "checkpoint file name in the model directory", "tokenizer": "source of the CLIP BPE vocabulary"},
+    ))
+    register(MetricSpec(
+        name="pickscore", family="pickscore", aliases=("pick-score", "pickscore-v1"),
+        summary="PickScore: exp(logit_scale) * cos of fine-tuned CLIP-H features (Pick-a-Pic preferences)",
+        inputs="image+prompt", output_range=(-100.0, 100.0), typical="about 18-23; only comparable within a prompt",
+        higher_is_better=True,
+        default_model="yuvalkirstain/PickScore_v1 + processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        weights_license="MIT",
+        strength="trained on real users' choices; softmax over candidates is a calibrated preference probability",
+        caveat="dataset/style bias of Pick-a-Pic users; raw scores are not comparable across prompts",
+        entry="prefscore.metrics.pickscore:PickScore", paper="Kirstain et al. 2023, Pick-a-Pic",
+        options={"processor": "source of the tokenizer and preprocessor files if not in the model directory"},
+    ))
+    register(MetricSpec(
+        name="clipscore", family="clipscore", aliases=("clip-score", "clip"),
+        summary="CLIPScore: w * max(cos(image, prompt), 0), the prompt-alignment baseline",
+        inputs="image+prompt", output_range=(0.0, 2.5), typical="about 0.5-1.0 with w=2.5 (x40 for the 100-scale)",
+        higher_is_better=True, default_model="openai/clip-vit-large-patch14",
+        weights_license="MIT",
+        strength="reference-free prompt alignment; pairs well with an aesthetic score",
+        caveat="says nothing about quality; saturates, weak on counting and composition",
+        entry="prefscore.metrics.clipscore:ClipScore", paper="Hessel et al. 2021, CLIPScore",
+        options={"w": "weight w (2.5 as published; 100 gives torchmetrics' scale)",
+                 "prefix": "text put before each prompt (Hessel et al. use 'A photo depicts')"},
+    ))
+
+
+_builtin()
