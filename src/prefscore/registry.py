@@ -34,7 +34,7 @@ class MetricSpec:
     caveat: str
     entry: str
     paper: str = ""
-    options: dict = field(default_factory=dict)
+    options: dict | None = field(default_factory=dict)  # None: the class validates its own options
     aliases: tuple[str, ...] = ()
 
     @property
@@ -88,8 +88,10 @@ def load(name: str, model: str | Path | None = None, device: str = "cpu", dtype:
     ``dtype``: "float32" (default; the parity setting), "float16" or "bfloat16".
     ``options``: metric-specific settings (listed in ``spec.options``).
     """
+    if model is None and Path(name).expanduser().is_dir():
+        return _load_directory(Path(name).expanduser(), device, dtype, **options)
     spec = get_spec(name)
-    unknown = set(options) - set(spec.options)
+    unknown = set(options) - set(spec.options) if spec.options is not None else set()
     if unknown:
         known = ", ".join(sorted(spec.options)) or "none"
         raise TypeError(f"metric '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; its options: {known}")
@@ -97,6 +99,23 @@ def load(name: str, model: str | Path | None = None, device: str = "cpu", dtype:
     cls = getattr(importlib.import_module(module_name), cls_name)
     metric = cls(spec, source=str(model) if model is not None else spec.default_model, device=device, dtype=dtype, **options)
     return metric
+
+
+MODEL_CARD_FILE = "prefscore.json"
+
+
+def _load_directory(root: Path, device: str, dtype: str, **options):
+    """``load(<dir>)``: a model directory written by prefscore names its metric in ``prefscore.json``."""
+    import json
+
+    card = root / MODEL_CARD_FILE
+    if not card.is_file():
+        raise UnknownMetricError(
+            f"{root} is a directory without {MODEL_CARD_FILE}; pass a metric name and model=<dir> "
+            f"(e.g. load('hpsv2', model='{root}'))"
+        )
+    meta = json.loads(card.read_text())
+    return load(meta["metric"], model=root, device=device, dtype=dtype, **options)
 
 
 def _builtin() -> None:
@@ -184,6 +203,51 @@ def _builtin() -> None:
         entry="prefscore.metrics.clipscore:ClipScore", paper="Hessel et al. 2021, CLIPScore",
         options={"w": "weight w (2.5 as published; 100 gives torchmetrics' scale)",
                  "prefix": "text put before each prompt (Hessel et al. use 'A photo depicts')"},
+    ))
+
+    register(MetricSpec(
+        name="imagereward", family="imagereward", aliases=("image-reward", "ir"),
+        summary="ImageReward: BLIP (ViT-L + BERT with cross-attention) reward model trained on expert rankings",
+        inputs="image+prompt", output_range=(-INF, INF), typical="about N(0, 1) by construction (standardised reward)",
+        higher_is_better=True, default_model="THUDM/ImageReward (ImageReward.pt + med_config.json)",
+        weights_license="Apache-2.0",
+        strength="the reward most used for fine-tuning and reward-guided sampling; good on prompt following",
+        caveat="prone to reward hacking when optimised directly; bias of its annotators",
+        entry="prefscore.metrics.imagereward:ImageReward", paper="Xu et al. 2023, ImageReward",
+        options=None,
+    ))
+    register(MetricSpec(
+        name="q-align", family="q-align", aliases=("qalign", "one-align", "onealign"),
+        summary="Q-Align: an LMM's probabilities of five level words (excellent..bad) turned into a score",
+        inputs="image", output_range=(1.0, 5.0), typical="1-5 (or 0-1 with the scorer.py weights)",
+        higher_is_better=True, default_model="q-future/one-align",
+        weights_license="non-commercial (Q-Align / OneAlign model licence); LLaMA-2 licence applies",
+        strength="state-of-the-art agreement with MOS on quality and aesthetics; tasks for images and video",
+        caveat="a 7B model: slow and memory-hungry; non-commercial weights",
+        entry="prefscore.metrics.qalign:QAlign", paper="Wu et al. 2023, Q-Align",
+        options=None,
+    ))
+    register(MetricSpec(
+        name="custom", family="custom", aliases=("trained",),
+        summary="A preference or rating model trained with `prefscore train` (head on frozen CLIP features, or a fine-tuned CLIP)",
+        inputs="image+prompt", output_range=(-INF, INF), typical="see the model card in the model directory",
+        higher_is_better=True, default_model="(none: pass the trained model directory)",
+        weights_license="yours",
+        strength="your annotators, your domain",
+        caveat="only as good as your judgements; check agreement on held-out data (the model card reports it)",
+        entry="prefscore.training.metric:CustomMetric",
+        options=None,
+    ))
+    register(MetricSpec(
+        name="composite", family="composite",
+        summary="A weighted sum of normalised metrics, from a saved calibration file (`prefscore calibrate`)",
+        inputs="image+prompt", output_range=(-INF, INF), typical="depends on the normaliser (z-score: about -3..3)",
+        higher_is_better=True, default_model="(none: pass the calibration file)",
+        weights_license="those of its component metrics",
+        strength="one number to track, comparable across runs (fixed calibration)",
+        caveat="inherits every component's bias; weights learned from one population of raters",
+        entry="prefscore.evaluation.composite:CompositeMetric",
+        options=None,
     ))
 
 
