@@ -86,7 +86,6 @@ class Metric:
     def __repr__(self) -> str:
         return f"<prefscore metric {self.spec.name!r} on {self.device} ({str(self.dtype).replace('torch.', '')})>"
 
-    @torch.inference_mode()
     def score(
         self,
         images: ImageInput | Iterable[ImageInput],
@@ -150,6 +149,7 @@ class Metric:
         return p / p.sum()
 
     # -- batching ------------------------------------------------------------------------------
+    @torch.inference_mode()
     def _score_items(self, items, prompts, batch_size, progress):
         n, k = len(items), len(self.output_names)
         out = np.full((n, k), math.nan, dtype=np.float64)

@@ -226,7 +226,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, dty
     state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     _materialise_buffers(model)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _materialise_buffers(model: nn.Module) -> None:
@@ -272,7 +272,7 @@ def clip_from_pretrained(directory: str | Path, dtype=torch.float32):
         model = CLIPModel.from_pretrained(str(directory), torch_dtype=dtype)
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{directory}: cannot load CLIPModel: {exc}") from None
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def _features(out) -> torch.Tensor:

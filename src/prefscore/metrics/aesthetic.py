@@ -66,7 +66,7 @@ def build_head(sd: dict, kind: str, embed_dim: int, source: str) -> nn.Module:
     missing, unexpected = head.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{source}: head does not fit: missing {missing}, unexpected {unexpected}")
-    return head.eval()
+    return head.eval().requires_grad_(False)
 
 
 class LaionAesthetic(Metric):

@@ -1,0 +1,156 @@
+"""The ``prefscore`` command line: ``metrics``, ``score`` (and the commands of the feature modules)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import PrefscoreError
+from .registry import get_spec, list_metrics, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aesthetic and human-preference scores for images.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"prefscore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    """prefscore: score images with published aesthetic and preference models."""
+
+
+def _range(spec) -> str:
+    lo, hi = spec.output_range
+    f = lambda x: "-inf" if x == -math.inf else ("inf" if x == math.inf else f"{x:g}")  # noqa: E731
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+@app.command("metrics")
+def metrics_cmd(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
+    """List the metrics: inputs, range, direction, default weights and their licence, strength and caveat."""
+    specs = list_metrics()
+    if as_json:
+        console.print_json(json.dumps([s.as_dict() for s in specs]))
+        return
+    table = Table(title="prefscore metrics", show_lines=True)
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("inputs", "range (typical)", "better", "default model", "weights licence", "strength / caveat"):
+        table.add_column(col, overflow="fold")
+    for s in specs:
+        table.add_row(s.name, s.inputs, f"{_range(s)}\n{s.typical}", "higher" if s.higher_is_better else "lower",
+                      s.default_model, s.weights_license, f"+ {s.strength}\n- {s.caveat}")
+    console.print(table)
+
+
+def _parse_options(items: List[str], metric_names: List[str]) -> dict[str, dict]:
+    """``KEY=VALUE`` or ``METRIC.KEY=VALUE``; VALUE is parsed as JSON when it can be."""
+    out: dict[str, dict] = {n: {} for n in metric_names}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE or METRIC.KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        targets = metric_names
+        if "." in key and key.rsplit(".", 1)[0] in metric_names:
+            target, key = key.rsplit(".", 1)
+            targets = [target]
+        for t in targets:
+            out[t][key] = parsed
+    return out
+
+
+def _parse_models(items: List[str], metric_names: List[str]) -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {n: None for n in metric_names}
+    for item in items:
+        name, sep, src = item.partition("=")
+        if sep and name in metric_names:
+            out[name] = src
+        elif len(metric_names) == 1:
+            out[metric_names[0]] = item
+        else:
+            raise typer.BadParameter(f"--model {item!r}: with several metrics write METRIC=SOURCE")
+    return out
+
+
+@app.command("score")
+def score_cmd(
+    paths: List[Path] = typer.Argument(None, help="Image files and/or folders (searched recursively)."),
+    metric: List[str] = typer.Option(..., "--metric", "-m", help="Metric name (repeat, or comma-separate, for several)."),
+    model: List[str] = typer.Option([], "--model", help="Model source: hub id or local directory (METRIC=SRC with several metrics)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt for every image."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="CSV/JSONL/Parquet with columns image, prompt."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write rows to FILE.jsonl, .csv or .parquet."),
+    option: List[str] = typer.Option([], "--option", help="Metric option KEY=VALUE (JSON value) or METRIC.KEY=VALUE."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu, cuda, cuda:1, mps."),
+    dtype: str = typer.Option("float32", help="float32 (parity default), float16 or bfloat16."),
+    batch_size: int = typer.Option(16, help="Images per forward pass."),
+    resume: bool = typer.Option(False, help="Skip images already in --output (after an interrupted run)."),
+    recursive: bool = typer.Option(True, help="Search folders recursively."),
+) -> None:
+    """Score images with one or several metrics; one row per image, errors as rows, never lost."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .images import find_images
+    from .scoring import ScoreJob, read_prompt_file
+
+    names = [n.strip() for m in metric for n in m.split(",") if n.strip()]
+    try:
+        names = [get_spec(n).name for n in names]
+        if prompt is not None and prompts is not None:
+            raise typer.BadParameter("give --prompt or --prompts, not both")
+        aware = [n for n in names if get_spec(n).prompt_aware]
+        if aware and prompt is None and prompts is None:
+            raise typer.BadParameter(f"metric(s) {', '.join(aware)} score an image against a prompt: give --prompt TEXT or --prompts FILE")
+        prompt_map = read_prompt_file(prompts) if prompts is not None else None
+        if not paths and prompt_map is None:
+            raise typer.BadParameter("no images: give PATHS or a --prompts file listing them")
+        images, skipped = find_images(paths, recursive) if paths else ([Path(p) for p in prompt_map], [])
+        if skipped:
+            shown = ", ".join(str(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            err_console.print(f"[yellow]skipped {len(skipped)} file(s) without an image suffix:[/] {shown}")
+        if not images:
+            raise typer.BadParameter("no image files found")
+        models = _parse_models(model, names)
+        options = _parse_options(option, names)
+        loaded = {}
+        for n in names:
+            with err_console.status(f"loading {n}..."):
+                loaded[n] = load(n, model=models[n], device=device, dtype=dtype, **options[n])
+        job = ScoreJob(loaded, batch_size=batch_size)
+        with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err_console) as bar:
+            task = bar.add_task("score", total=len(images))
+            rows = job.run(images, prompt if prompt is not None else prompt_map, output, resume,
+                           progress=lambda k: bar.advance(task, k))
+    except PrefscoreError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    bad = [r for r in rows if r.get("error")]
+    for r in bad:
+        err_console.print(f"[red]error[/] {r['image']}: {r['error']}")
+    if output is None:
+        for r in rows:
+            console.print_json(json.dumps({k: v for k, v in r.items() if v is not None}))
+    else:
+        err_console.print(f"wrote {len(rows)} rows to {output}")
+    err_console.print(f"{len(rows) - len(bad)} scored, {len(bad)} failed")
+    if bad and len(bad) == len(rows):
+        raise typer.Exit(1)
