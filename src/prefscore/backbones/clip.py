@@ -98,7 +98,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _count_layers(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+def count_layers(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     ids = {int(m.group(1)) for k in sd for m in [pat.match(k)] if m}
     return max(ids) + 1 if ids else 0
@@ -127,7 +127,7 @@ def text_config_from_state_dict(sd, arch: ClipArch, source: str) -> dict:
     return dict(
         hidden_size=width,
         intermediate_size=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
-        num_hidden_layers=_count_layers(sd, "transformer.resblocks."),
+        num_hidden_layers=count_layers(sd, "transformer.resblocks."),
         num_attention_heads=_heads(width, arch.text_head_width, arch.text_heads, "text", source),
         vocab_size=token.shape[0],
         max_position_embeddings=_need(sd, "positional_embedding", source).shape[0],
@@ -150,7 +150,7 @@ def vision_config_from_state_dict(sd, arch: ClipArch, source: str) -> dict:
     return dict(
         hidden_size=width,
         intermediate_size=_need(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", source).shape[0],
-        num_hidden_layers=_count_layers(sd, "visual.transformer.resblocks."),
+        num_hidden_layers=count_layers(sd, "visual.transformer.resblocks."),
         num_attention_heads=_heads(width, arch.vision_head_width, arch.vision_heads, "vision", source),
         patch_size=patch,
         image_size=patch * grid,
