@@ -16,12 +16,12 @@ import torch
 from .. import hub, preprocess
 from ..backbones.clip import OPENAI_ARCH
 from ..backbones.loading import has_hf_clip, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
-from ..base import Metric
+from .similarity import ClipSimilarityMetric
 
 OPENAI_FILES = ("ViT-B-32.pt", "ViT-L-14.pt", "clip.pt", "model.pt")
 
 
-class ClipScore(Metric):
+class ClipScore(ClipSimilarityMetric):
     """CLIPScore in [0, w] (0.5-1.0 typical with w = 2.5)."""
 
     def __init__(self, spec, source: str, device="cpu", dtype="float32", w: float = 2.5, prefix: str = "", tokenizer: str | None = None):
@@ -45,16 +45,12 @@ class ClipScore(Metric):
             return preprocess.hf_clip(image, self.processor, name=name)
         return preprocess.openai_clip(image, self.image_size, name=name)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
         texts = [f"{self.prefix} {p}".strip() if self.prefix else p for p in prompts]
-        feats = hf_text_features(self.clip, self.tokenizer, texts, self.device).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
+        return hf_text_features(self.clip, self.tokenizer, texts, self.device)
 
     def forward(self, pixels, prompts):
-        img = self.clip.image_features(pixels).float()
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = self.cached_text_features(prompts, self.encode_text)
-        return self.w * (img * txt).sum(-1).clamp(min=0)
+        return self.w * self.cosine(pixels, prompts).clamp(min=0)
 
     def preference_temperature(self) -> float:
         """softmax(score / tau) = softmax(100 * cos) (CLIP's temperature) where cos > 0."""

@@ -17,14 +17,14 @@ import torch
 from .. import hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14, ClipArch, ClipTower, clip_from_state_dict, read_state_dict
 from ..backbones.tokenizer import OpenCLIPTokenizer
-from ..base import Metric
+from .similarity import ClipSimilarityMetric
 
 HPS_REPO = "xswu/HPSv2"
 BPE_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 BPE_NAMES = ("bpe_simple_vocab_16e6.txt.gz", "tokenizer/merges.txt", "merges.txt")
 
 
-class HPSv2(Metric):
+class HPSv2(ClipSimilarityMetric):
     """HPS v2.0: cosine in [-1, 1] (about 0.2-0.35 on real images; tables print x100)."""
 
     checkpoint_name = "HPS_v2_compressed.pt"
@@ -46,15 +46,11 @@ class HPSv2(Metric):
     def preprocess(self, image, name):
         return preprocess.hps_pad(image, self.image_size, name=name)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        feats = self.clip.text_features(self.tokenizer(prompts).to(self.device)).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        return self.clip.text_features(self.tokenizer(prompts).to(self.device))
 
     def forward(self, pixels, prompts):
-        img = self.clip.image_features(pixels).float()
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = self.cached_text_features(prompts, self.encode_text)
-        return (img * txt).sum(-1)
+        return self.cosine(pixels, prompts)
 
     def preference_temperature(self) -> float:
         """HPS trains ``logit_scale * cos`` with a 2-way softmax; logit_scale is in the checkpoint."""

@@ -16,13 +16,13 @@ import torch
 from .. import hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14
 from ..backbones.loading import has_processor, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
-from ..base import Metric
+from .similarity import ClipSimilarityMetric
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
-class PickScore(Metric):
+class PickScore(ClipSimilarityMetric):
     """PickScore (about 18-23 on real images; compare within a prompt)."""
 
     def __init__(self, spec, source: str, device="cpu", dtype="float32", processor: str | None = None):
@@ -39,15 +39,11 @@ class PickScore(Metric):
     def preprocess(self, image, name):
         return preprocess.hf_clip(image, self.processor, name=name)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        feats = hf_text_features(self.clip, self.tokenizer, prompts, self.device).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        return hf_text_features(self.clip, self.tokenizer, prompts, self.device)
 
     def forward(self, pixels, prompts):
-        img = self.clip.image_features(pixels).float()
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = self.cached_text_features(prompts, self.encode_text)
-        return self.clip.logit_scale.float().exp() * (img * txt).sum(-1)
+        return self.clip.logit_scale.float().exp() * self.cosine(pixels, prompts)
 
     def preference_temperature(self) -> float:
         """The score already carries ``exp(logit_scale)``: softmax(score) is PickScore's probability."""
