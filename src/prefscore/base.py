@@ -157,15 +157,19 @@ class Metric:
         bar = _Progress(progress, n, self.spec.name)
         try:
             for start in range(0, n, batch_size):
-                idx, tensors = [], []
+                groups: dict[tuple[int, ...], tuple[list[int], list[torch.Tensor]]] = {}
                 for i in range(start, min(start + batch_size, n)):
                     name = describe(items[i], i)
                     try:
-                        tensors.append(self.preprocess(load_image(items[i], name), name))
-                        idx.append(i)
+                        tensor = self.preprocess(load_image(items[i], name), name)
                     except ImageError as exc:
                         errors.append((i, exc.source, exc.reason))
-                if idx:
+                        continue
+                    idx, tensors = groups.setdefault(tuple(tensor.shape), ([], []))
+                    idx.append(i)
+                    tensors.append(tensor)
+                # one forward per input shape: full-resolution metrics (CLIP-IQA RN50) see mixed sizes
+                for idx, tensors in groups.values():
                     pixels = torch.stack(tensors).to(self.device, self.dtype)
                     batch_prompts = [prompts[i] for i in idx] if prompts is not None else None
                     values = self.forward(pixels, batch_prompts).float().cpu().numpy()

@@ -29,13 +29,13 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _normalize(chw: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize(chw: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=chw.dtype).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=chw.dtype).view(-1, 1, 1)
     return (chw - mean_t) / std_t
 
 
-def _to_tensor(rgb: Image.Image) -> torch.Tensor:
+def to_tensor(rgb: Image.Image) -> torch.Tensor:
     """torchvision ``ToTensor`` for an RGB image: uint8 HWC -> float32 CHW in [0, 1]."""
     array = np.asarray(rgb, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div(255)
@@ -66,7 +66,7 @@ def openai_clip(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENA
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     image = image.crop((left, top, left + size, top + size))
-    return _normalize(_to_tensor(to_rgb(image, name)), mean, std)
+    return normalize(to_tensor(to_rgb(image, name)), mean, std)
 
 
 @dataclass(frozen=True)
@@ -175,5 +175,5 @@ def hps_pad(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_ST
     The reference keeps RGBA images as RGBA and then crashes in the 3-channel conv; here the alpha
     channel is dropped with Pillow's ``convert('RGB')``, as every other metric does.
     """
-    pixels = _to_tensor(to_rgb(image, name))
-    return _normalize(resize_max_pad(pixels, size), mean, std)
+    pixels = to_tensor(to_rgb(image, name))
+    return normalize(resize_max_pad(pixels, size), mean, std)
