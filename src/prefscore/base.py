@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import ImageError, PromptError, ScoringError
-from .images import ImageInput, describe, load_image
+from .images import IMAGE_SUFFIXES, ImageInput, describe, load_image
 
 if TYPE_CHECKING:
     from .registry import MetricSpec
@@ -55,6 +55,11 @@ class Metric:
     spec: "MetricSpec"
     output_names: tuple[str, ...] = ("score",)
     default_batch_size: int = 16
+    #: True when the metric reads its own inputs (e.g. Q-Align's video task reads video files): engines
+    #: then hand it the raw items instead of decoded images.
+    decodes_inputs: bool = False
+    #: File suffixes a folder scan should pick up for this metric.
+    input_suffixes: frozenset[str] = IMAGE_SUFFIXES
 
     def __init__(self, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
         self.device = torch.device(device)

@@ -119,18 +119,19 @@ def score_cmd(
         prompt_map = read_prompt_file(prompts) if prompts is not None else None
         if not paths and prompt_map is None:
             raise typer.BadParameter("no images: give PATHS or a --prompts file listing them")
-        images, skipped = find_images(paths, recursive) if paths else ([Path(p) for p in prompt_map], [])
-        if skipped:
-            shown = ", ".join(str(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-            err_console.print(f"[yellow]skipped {len(skipped)} file(s) without an image suffix:[/] {shown}")
-        if not images:
-            raise typer.BadParameter("no image files found")
         models = _parse_models(model, names)
         options = _parse_options(option, names)
         loaded = {}
         for n in names:
             with err_console.status(f"loading {n}..."):
                 loaded[n] = load(n, model=models[n], device=device, dtype=dtype, **options[n])
+        suffixes = frozenset().union(*(m.input_suffixes for m in loaded.values()))
+        images, skipped = find_images(paths, recursive, suffixes) if paths else ([Path(p) for p in prompt_map], [])
+        if skipped:
+            shown = ", ".join(str(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            err_console.print(f"[yellow]skipped {len(skipped)} file(s) without an image suffix:[/] {shown}")
+        if not images:
+            raise typer.BadParameter("no image files found")
         job = ScoreJob(loaded, batch_size=batch_size)
         with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err_console) as bar:

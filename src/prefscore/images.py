@@ -18,7 +18,8 @@ from .errors import ImageError
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 # Modes whose conversion to RGB Pillow defines and which the official pipelines accept.
 SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I", "La"}
@@ -104,10 +105,10 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
         raise ImageError(name, f"cannot convert mode {image.mode!r} to RGB: {exc}") from None
 
 
-def find_images(paths, recursive: bool = True) -> tuple[list[Path], list[Path]]:
+def find_images(paths, recursive: bool = True, suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[Path]]:
     """Expand files and folders into ``(images, skipped)``.
 
-    Folders are searched (recursively by default) for files with an image suffix; other files there
+    Folders are searched (recursively by default) for files with one of ``suffixes``; other files there
     (captions, metadata) are returned in ``skipped`` so the caller can report them. Files named
     explicitly are always kept, whatever their suffix, so a bad file given by name gets an error.
     Hidden files and folders (starting with ".") are ignored.
@@ -124,5 +125,5 @@ def find_images(paths, recursive: bool = True) -> tuple[list[Path], list[Path]]:
             rel = f.relative_to(p).parts
             if not f.is_file() or any(part.startswith(".") for part in rel):
                 continue
-            (images if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
+            (images if f.suffix.lower() in suffixes else skipped).append(f)
     return images, skipped

@@ -69,7 +69,8 @@ class ScoreJob:
 
     def _score_chunk(self, paths: Sequence[Path], prompts) -> list[dict]:
         rows = [{"image": str(p)} for p in paths]
-        decoded, ok = [], []
+        decoded, ok, raw_ok = [], [], []
+        decode = any(not m.decodes_inputs for m in self.metrics.values())
         for i, p in enumerate(paths):
             if prompts is not None:
                 prompt = prompts if isinstance(prompts, str) else prompts.get(str(Path(p).resolve()))
@@ -77,22 +78,27 @@ class ScoreJob:
                     rows[i]["error"] = "no prompt for this image in the prompts file"
                     continue
                 rows[i]["prompt"] = prompt
+            raw_ok.append(i)
+            if not decode:
+                continue
             try:
                 decoded.append(load_image(p, str(p)))
                 ok.append(i)
             except ImageError as exc:
                 rows[i]["error"] = exc.reason
         for name, metric in self.metrics.items():
-            if not ok:
-                break
-            batch_prompts = [rows[i]["prompt"] for i in ok] if metric.needs_prompt else None
-            scores, errors = metric.score_records(decoded, batch_prompts, batch_size=self.batch_size)
+            # metrics that read their own inputs (videos) get the paths, the others the decoded images
+            items, rows_in = ([str(paths[i]) for i in raw_ok], raw_ok) if metric.decodes_inputs else (decoded, ok)
+            if not rows_in:
+                continue
+            batch_prompts = [rows[i]["prompt"] for i in rows_in] if metric.needs_prompt else None
+            scores, errors = metric.score_records(items, batch_prompts, batch_size=self.batch_size)
             cols = metric_columns(name, metric)
-            for j, i in enumerate(ok):
+            for j, i in enumerate(rows_in):
                 for c, value in zip(cols, scores[j]):
                     rows[i][c] = float(value)
             for j, _, reason in errors:
-                row = rows[ok[j]]
+                row = rows[rows_in[j]]
                 row["error"] = f"{row['error']}; {name}: {reason}" if row.get("error") else f"{name}: {reason}"
         return rows
 
