@@ -12,7 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .annotate.cli import register as register_annotate
+from .bench.cli import register as register_bench
 from .errors import PrefscoreError
+from .evaluation.cli import register as register_evaluation
 from .registry import get_spec, list_metrics, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aesthetic and human-preference scores for images.")
@@ -155,3 +158,8 @@ def score_cmd(
     err_console.print(f"{len(rows) - len(bad)} scored, {len(bad)} failed")
     if bad and len(bad) == len(rows):
         raise typer.Exit(1)
+
+
+register_evaluation(app)
+register_bench(app)
+register_annotate(app)

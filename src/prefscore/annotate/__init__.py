@@ -1,0 +1,28 @@
+"""Collect human pairwise judgements in the browser, with a live leaderboard.
+
+>>> from prefscore.annotate import Store, load_candidates, create_app, export_pairs
+>>> store = Store("annotations.sqlite")
+>>> store.register(*load_candidates("candidates.csv"))
+>>> token = store.add_annotator("alice")
+>>> app = create_app(store)            # serve with uvicorn; or `prefscore annotate serve`
+>>> export_pairs(store, "pairs.csv")   # the file `prefscore train` / `evaluate` read
+
+See docs/annotate.md.
+"""
+
+from .db import Store, StoreError
+from .export import ExportOptions, export_pairs
+from .inputs import AnnotationInputError, Candidate, MetricColumn, load_candidates
+from .report import leaderboard
+from .scheduling import SchedulerConfig
+
+
+def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False):
+    """The FastAPI app (imported lazily: FastAPI is only needed to serve). See :func:`.app.create_app`."""
+    from .app import create_app as _create
+
+    return _create(store, allowed_hosts, secure_cookie)
+
+
+__all__ = ["AnnotationInputError", "Candidate", "ExportOptions", "MetricColumn", "SchedulerConfig", "Store", "StoreError",
+           "create_app", "export_pairs", "leaderboard", "load_candidates"]
