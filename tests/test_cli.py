@@ -104,3 +104,21 @@ def test_clear_cli_errors(folder):
     assert result.exit_code == 2 and "unknown metric" in result.output
     result = runner.invoke(app, ["score", str(folder), "-m", "hpsv2", "--prompt", "x"])
     assert result.exit_code == 2 and "--model DIR" in result.output
+
+
+def test_train_then_score_with_the_model_directory(tmp_path):
+    """`prefscore train` writes a directory that `prefscore score -m DIR` uses as a metric."""
+    from prefscore.training.synthetic import make_pairs
+
+    data = make_pairs(tmp_path / "data", n_scenes=8, pairs_per_scene=3)
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["train", str(data.path), "--objective", "pairwise", "--backbone", "stats",
+                                 "--head", "linear", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    image = next((tmp_path / "data" / "images").glob("*.png"))
+    scored = runner.invoke(app, ["score", str(image), "-m", str(out)])
+    assert scored.exit_code == 0, scored.output
+    row = json.loads(scored.stdout)
+    import prefscore
+
+    assert row["model"] == pytest.approx(float(prefscore.load(out).score(image)), abs=1e-6)

@@ -14,9 +14,11 @@ from rich.table import Table
 from . import __version__
 from .annotate.cli import register as register_annotate
 from .bench.cli import register as register_bench
+from .cli_args import parse_models, parse_options, split_names
 from .errors import PrefscoreError
 from .evaluation.cli import register as register_evaluation
 from .registry import get_spec, list_metrics, load
+from .training.cli import register as register_training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aesthetic and human-preference scores for images.")
 console = Console()
@@ -57,43 +59,10 @@ def metrics_cmd(as_json: bool = typer.Option(False, "--json", help="Print the re
     console.print(table)
 
 
-def _parse_options(items: List[str], metric_names: List[str]) -> dict[str, dict]:
-    """``KEY=VALUE`` or ``METRIC.KEY=VALUE``; VALUE is parsed as JSON when it can be."""
-    out: dict[str, dict] = {n: {} for n in metric_names}
-    for item in items:
-        if "=" not in item:
-            raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE or METRIC.KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        targets = metric_names
-        if "." in key and key.rsplit(".", 1)[0] in metric_names:
-            target, key = key.rsplit(".", 1)
-            targets = [target]
-        for t in targets:
-            out[t][key] = parsed
-    return out
-
-
-def _parse_models(items: List[str], metric_names: List[str]) -> dict[str, Optional[str]]:
-    out: dict[str, Optional[str]] = {n: None for n in metric_names}
-    for item in items:
-        name, sep, src = item.partition("=")
-        if sep and name in metric_names:
-            out[name] = src
-        elif len(metric_names) == 1:
-            out[metric_names[0]] = item
-        else:
-            raise typer.BadParameter(f"--model {item!r}: with several metrics write METRIC=SOURCE")
-    return out
-
-
 @app.command("score")
 def score_cmd(
     paths: List[Path] = typer.Argument(None, help="Image files and/or folders (searched recursively)."),
-    metric: List[str] = typer.Option(..., "--metric", "-m", help="Metric name (repeat, or comma-separate, for several)."),
+    metric: List[str] = typer.Option(..., "--metric", "-m", help="Metric name or trained model directory (repeat, or comma-separate, for several)."),
     model: List[str] = typer.Option([], "--model", help="Model source: hub id or local directory (METRIC=SRC with several metrics)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt for every image."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="CSV/JSONL/Parquet with columns image, prompt."),
@@ -104,6 +73,17 @@ def score_cmd(
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     resume: bool = typer.Option(False, help="Skip images already in --output (after an interrupted run)."),
     recursive: bool = typer.Option(True, help="Search folders recursively."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data actor pool; writes a Parquet folder)."),
+    workers: Optional[int] = typer.Option(None, help="Decode threads (default min(8, CPUs); 0 = decode in the main thread)."),
+    prefetch: int = typer.Option(2, help="Batches decoded ahead of the forward pass (bounds memory)."),
+    autocast: Optional[str] = typer.Option(None, help="Run image towers under autocast: bf16 or fp16 (default fp32, the parity setting)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the image towers (pays off on long runs)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder: image-tower features keyed by model and image content."),
+    source: List[str] = typer.Option([], "--source", help="Ray engine: extra sources as URLs (s3://, gs://, hf://...): folders, Parquet, WebDataset .tar."),
+    prompt_column: Optional[str] = typer.Option(None, help="Ray engine: column holding the prompt (Parquet: prompt; WebDataset: txt)."),
+    image_column: str = typer.Option("image", help="Ray engine: Parquet column with image bytes or paths."),
+    concurrency: int = typer.Option(1, help="Ray engine: number of actors (one model set each)."),
+    gpus_per_actor: float = typer.Option(0.0, help="Ray engine: GPUs per actor (>0 scores on CUDA)."),
 ) -> None:
     """Score images with one or several metrics; one row per image, errors as rows, never lost."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -111,23 +91,43 @@ def score_cmd(
     from .images import find_images
     from .scoring import ScoreJob, read_prompt_file
 
-    names = [n.strip() for m in metric for n in m.split(",") if n.strip()]
+    names = split_names(metric)
     try:
-        names = [get_spec(n).name for n in names]
+        # a metric is a registry name, or a model directory written by `prefscore train` (its column: the folder name)
+        model_dirs = {Path(n).name: n for n in names if Path(n).is_dir()}
+        names = [Path(n).name if Path(n).is_dir() else get_spec(n).name for n in names]
         if prompt is not None and prompts is not None:
             raise typer.BadParameter("give --prompt or --prompts, not both")
-        aware = [n for n in names if get_spec(n).prompt_aware]
+        aware = [n for n in names if n not in model_dirs and get_spec(n).prompt_aware]
         if aware and prompt is None and prompts is None:
             raise typer.BadParameter(f"metric(s) {', '.join(aware)} score an image against a prompt: give --prompt TEXT or --prompts FILE")
         prompt_map = read_prompt_file(prompts) if prompts is not None else None
-        if not paths and prompt_map is None:
+        if not paths and prompt_map is None and not source:
             raise typer.BadParameter("no images: give PATHS or a --prompts file listing them")
-        models = _parse_models(model, names)
-        options = _parse_options(option, names)
+        models = parse_models(model, names)
+        options = parse_options(option, names)
+        from .engine.local import EngineOptions
+
+        engine_options = EngineOptions(batch_size=batch_size, workers=workers, prefetch=prefetch, autocast=autocast,
+                                       compile=compile, cache=cache)
+        if engine == "ray":
+            from .engine.ray import run_from_cli
+
+            summary = run_from_cli([str(p) for p in paths or []] + list(source), output, [model_dirs.get(n, n) for n in names],
+                                   models, {model_dirs.get(n, n): options[n] for n in names}, prompt, prompts, prompt_column, image_column, concurrency,
+                                   gpus_per_actor, dtype, engine_options, resume)
+            err_console.print(f"wrote {summary['rows']} rows to {summary['output']}: "
+                              f"{summary['rows'] - summary['failed']} scored, {summary['failed']} failed")
+            return
+        if engine != "local":
+            raise typer.BadParameter(f"--engine must be local or ray, not {engine!r}")
         loaded = {}
         for n in names:
             with err_console.status(f"loading {n}..."):
-                loaded[n] = load(n, model=models[n], device=device, dtype=dtype, **options[n])
+                if n in model_dirs:
+                    loaded[n] = load(model_dirs[n], device=device, dtype=dtype, **options[n])
+                else:
+                    loaded[n] = load(n, model=models.get(n), device=device, dtype=dtype, **options[n])
         suffixes = frozenset().union(*(m.input_suffixes for m in loaded.values()))
         images, skipped = find_images(paths, recursive, suffixes) if paths else ([Path(p) for p in prompt_map], [])
         if skipped:
@@ -135,7 +135,7 @@ def score_cmd(
             err_console.print(f"[yellow]skipped {len(skipped)} file(s) without an image suffix:[/] {shown}")
         if not images:
             raise typer.BadParameter("no image files found")
-        job = ScoreJob(loaded, batch_size=batch_size)
+        job = ScoreJob(loaded, batch_size=batch_size, options=engine_options)
         with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err_console) as bar:
             task = bar.add_task("score", total=len(images))
@@ -160,6 +160,7 @@ def score_cmd(
         raise typer.Exit(1)
 
 
+register_training(app)
 register_evaluation(app)
 register_bench(app)
 register_annotate(app)

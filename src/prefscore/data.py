@@ -144,7 +144,7 @@ class Judgements:
         """Distinct image paths, in order of first appearance."""
         seen: dict[str, None] = {}
         for r in self.records:
-            for p in _record_images(r):
+            for p in record_images(r):
                 seen.setdefault(p)
         return list(seen)
 
@@ -200,7 +200,7 @@ def rating_pairs(ratings: Sequence[Rating], by_prompt: bool = True, max_pairs: i
     return out
 
 
-def _record_images(r: Record) -> tuple[str, ...]:
+def record_images(r: Record) -> tuple[str, ...]:
     if isinstance(r, Pair):
         return (r.image_a, r.image_b)
     if isinstance(r, Ranking):
@@ -210,7 +210,7 @@ def _record_images(r: Record) -> tuple[str, ...]:
 
 # -- reading ------------------------------------------------------------------------------------
 
-def _rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
+def read_rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
     """``(columns, [(location, row dict)])`` for a CSV, JSONL or Parquet file."""
     suffix = path.suffix.lower()
     name = path.name
@@ -280,7 +280,7 @@ def load_judgements(path: str | Path, kind: str | None = None, check_images: boo
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(str(path), [(str(path), "file not found")])
-    columns, rows = _rows(path)
+    columns, rows = read_rows(path)
     try:
         found = detect_kind(columns)
     except ValueError as exc:
@@ -297,7 +297,7 @@ def load_judgements(path: str | Path, kind: str | None = None, check_images: boo
         before = len(problems)
         rec = _parse(found, row, where, root, has_prompts, problems)
         if check_images and rec is not None:
-            for img in _record_images(rec):
+            for img in record_images(rec):
                 if not Path(img).is_file():
                     problems.append((where, f"image file not found: {img}"))
         if rec is not None and len(problems) == before:

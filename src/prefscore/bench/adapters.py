@@ -172,11 +172,11 @@ def _image_root(base: Path, options: Mapping[str, str], candidates: Sequence[str
 
 def _records_with_files(judgements: Judgements, root: Path) -> tuple[Judgements, list[str]]:
     """Drop records with a missing image file; return the kept judgements and a note (or none)."""
-    from ..data import _record_images
+    from ..data import record_images
 
     keep, missing = [], set()
     for i, r in enumerate(judgements.records):
-        absent = [k for k in _record_images(r) if not (root / k).is_file()]
+        absent = [k for k in record_images(r) if not (root / k).is_file()]
         if absent:
             missing.update(absent)
         else:
@@ -194,10 +194,10 @@ def _records_with_files(judgements: Judgements, root: Path) -> tuple[Judgements,
 
 def _items_for(judgements: Judgements, root: Path) -> list[Item]:
     seen: dict[str, Item] = {}
-    from ..data import _record_images
+    from ..data import record_images
 
     for r in judgements.records:
-        for k in _record_images(r):
+        for k in record_images(r):
             if k not in seen:
                 seen[k] = Item(k, r.prompt, str(root / k))
     return list(seen.values())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -12,40 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..cli_args import parse_models, parse_options, parse_pairs, split_names
+
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _names(items: List[str]) -> list[str]:
-    return [n.strip() for item in items for n in item.split(",") if n.strip()]
-
-
-def _pairs(items: List[str], what: str, cast=str) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{what} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = cast(value.strip())
-        except ValueError:
-            raise typer.BadParameter(f"{what} {item!r}: {value!r} is not a valid value") from None
-    return out
-
-
-def _options(items: List[str]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise typer.BadParameter(f"--option {item!r}: expected METRIC.KEY=VALUE")
-        metric, opt = key.rsplit(".", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(metric.strip(), {})[opt.strip()] = parsed
-    return out
 
 
 def _fmt(x) -> str:
@@ -123,13 +92,13 @@ def register(app: typer.Typer) -> None:
             return
         if not dataset:
             raise typer.BadParameter("give --dataset NAME[:PATH] (or --list)")
-        names = _names(metrics)
+        names = split_names(metrics)
         if not names:
             raise typer.BadParameter("give --metrics NAME[,NAME...]")
         try:
             name, _, path = dataset.partition(":")
             spec = get_dataset(name)
-            bench = spec.load(resolve_path(spec, path or None), _pairs(dataset_option, "--dataset-option"))
+            bench = spec.load(resolve_path(spec, path or None), parse_pairs(dataset_option, "--dataset-option"))
             if limit is not None:
                 bench = bench.head(limit)
             file_columns = []
@@ -139,14 +108,14 @@ def register(app: typer.Typer) -> None:
             to_score = [n for n in names if n not in file_columns]
             config = BenchConfig(n_boot=bootstrap, level=level, seed=seed, device=device, dtype=dtype,
                                  batch_size=batch_size, chunk_size=chunk_size,
-                                 temperatures=_pairs(temperature, "--temperature", float))
+                                 temperatures=parse_pairs(temperature, "--temperature", float))
             if to_score:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
                 with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err_console) as bar:
                     task = bar.add_task("score", total=len(bench.item_keys()))
-                    result = run_bench(bench, to_score, models=_pairs(model, "--model"), options=_options(option),
+                    result = run_bench(bench, to_score, models=parse_models(model, names), options=parse_options(option, names),
                                        scores=scores, score_columns=file_columns, config=config,
                                        progress=lambda n: bar.advance(task, n))
             else:

@@ -213,7 +213,7 @@ def _extra_columns(judgements, path: Path | None, wanted: Sequence[str], given: 
     if todo and path is not None:
         from .. import data
 
-        _, rows = data._rows(path)
+        _, rows = data.read_rows(path)
         if len(rows) != len(judgements):
             raise ValueError(f"{path}: {len(rows)} rows but {len(judgements)} records; cannot align extra columns")
         for c in todo:

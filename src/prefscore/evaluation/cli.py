@@ -5,7 +5,6 @@ Wire into the main app with ``register(app)``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -15,47 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..cli_args import parse_models, parse_options, parse_pairs, split_names
+
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _split_names(items: List[str]) -> list[str]:
-    return [n.strip() for item in items for n in item.split(",") if n.strip()]
-
-
-def _pairs(items: List[str], what: str, cast=str) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{what} {item!r}: expected NAME=VALUE")
-        try:
-            out[key.strip()] = cast(value.strip())
-        except ValueError:
-            raise typer.BadParameter(f"{what} {item!r}: {value!r} is not a valid value") from None
-    return out
-
-
-def _models(items: List[str], names: list[str]) -> dict[str, str]:
-    if len(items) == 1 and "=" not in items[0] and len(names) == 1:
-        return {names[0]: items[0]}
-    return _pairs(items, "--model")
-
-
-def _options(items: List[str]) -> dict[str, dict]:
-    """``METRIC.KEY=VALUE`` (VALUE parsed as JSON when possible)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise typer.BadParameter(f"--option {item!r}: expected METRIC.KEY=VALUE")
-        metric, opt = key.rsplit(".", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(metric, {})[opt] = parsed
-    return out
 
 
 def _fail(exc: Exception) -> None:
@@ -159,14 +121,14 @@ def register(app: typer.Typer) -> None:
         from .report import write_report
         from .scores import ScoreLookupError
 
-        names = _split_names(metric)
+        names = split_names(metric)
         try:
             config = EvalConfig(n_boot=bootstrap, level=level, seed=seed, tie_mode=tie_mode,
-                                temperatures=_pairs(temperature, "--temperature", float), logistic=logistic,
-                                group_by=tuple(_split_names(group_by)), unit=unit)
-            result = evaluate(judgements, scores=scores, score_columns=_split_names(score_column) or None, metrics=names,
-                              models=_models(model, names), options=_options(option), images_root=images,
-                              lower_is_better=_split_names(lower_is_better), composites=_pairs(composite, "--composite"),
+                                temperatures=parse_pairs(temperature, "--temperature", float), logistic=logistic,
+                                group_by=tuple(split_names(group_by)), unit=unit)
+            result = evaluate(judgements, scores=scores, score_columns=split_names(score_column) or None, metrics=names,
+                              models=parse_models(model, names), options=parse_options(option, names), images_root=images,
+                              lower_is_better=split_names(lower_is_better), composites=parse_pairs(composite, "--composite"),
                               config=config, device=device, dtype=dtype, batch_size=batch_size, progress=bool(names))
             print_evaluation(result)
             paths = result.save(out)
@@ -203,12 +165,12 @@ def register(app: typer.Typer) -> None:
         from .composite import calibrate
         from .scores import ScoreLookupError, compute_scores
 
-        names = _split_names(metric)
-        models = _models(model, names) if model else {}
-        opts = _options(option)
+        names = split_names(metric)
+        models = parse_models(model, names) if model else {}
+        opts = parse_options(option, names)
         try:
             kinds = [n for n in normaliser.split(",") if n]
-            norm = kinds[0] if len(kinds) == 1 and "=" not in kinds[0] else _pairs(kinds, "--normaliser")
+            norm = kinds[0] if len(kinds) == 1 and "=" not in kinds[0] else parse_pairs(kinds, "--normaliser")
             if reference.is_dir():
                 from ..images import find_images
                 from ..scoring import read_prompt_file
@@ -240,9 +202,9 @@ def register(app: typer.Typer) -> None:
                 ps = _score_judgement_images(load_judgements(fit), names, models, opts, device, dtype, batch_size)
             else:
                 ps = pair_scores
-            weights = _pairs(weight, "--weight", float) if weight else ("fit" if fit is not None else "equal")
-            cal = calibrate(ref, columns=_split_names(column) or None, normaliser=norm, weights=weights, pairs=fit,
-                            pair_scores=ps, models=models, options=opts, lower_is_better=_split_names(lower_is_better),
+            weights = parse_pairs(weight, "--weight", float) if weight else ("fit" if fit is not None else "equal")
+            cal = calibrate(ref, columns=split_names(column) or None, normaliser=norm, weights=weights, pairs=fit,
+                            pair_scores=ps, models=models, options=opts, lower_is_better=split_names(lower_is_better),
                             l2=l2, nonnegative=nonnegative)
             cal.save(output)
         except (PrefscoreError, ScoreLookupError, ValueError, KeyError, FileNotFoundError, TypeError) as exc:
@@ -279,8 +241,8 @@ def register(app: typer.Typer) -> None:
         from .warnings import run_checks
 
         try:
-            cols = _split_names(column) or None
-            lib = _split_names(lower_is_better)
+            cols = split_names(column) or None
+            lib = split_names(lower_is_better)
             table = ScoreTable.read(scores, cols, lib)
             cal = None
             if composite is not None:
@@ -295,7 +257,7 @@ def register(app: typer.Typer) -> None:
                 before.values["composite"] = cal.apply(before.values)
                 before = ScoreTable(before.images, before.prompts, before.values,
                                     {**before.higher_is_better, "composite": True}, before.source, before.bases)
-            checks = run_checks(table, before, target, _split_names(held_out) or None, n_boot=bootstrap)
+            checks = run_checks(table, before, target, split_names(held_out) or None, n_boot=bootstrap)
             print_findings(checks.findings)
             written = write_report(output, scores=table, checks=checks, calibration=cal, title=title,
                                    gallery_size=gallery_size)

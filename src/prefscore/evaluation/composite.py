@@ -502,10 +502,11 @@ class CompositeMetric(Metric):
         outputs: dict[tuple, np.ndarray] = {}
         n_metrics = len(self.metrics)
         for m_i, (key, metric) in enumerate(self.metrics.items()):
-            cb = progress
             if callable(progress):
                 def cb(done, _m=m_i):  # noqa: E306 - overall items done, as a fraction of all metric passes
                     progress((_m * n + done) // n_metrics)
+            else:
+                cb = progress
             batch_prompts = [prompts[i] for i in ok] if (metric.needs_prompt and prompts is not None) else None
             out, errs = metric.score_records(decoded, batch_prompts, batch_size, cb if progress else False)
             full = np.full((n, len(metric.output_names)), math.nan)

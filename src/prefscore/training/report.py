@@ -1,0 +1,208 @@
+"""Validation numbers for a trained model (pairwise accuracy with a bootstrap CI, tie-aware accuracy,
+rating correlations), the training-curve plot and the model card."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class PairOutcome:
+    """Scores of judged pairs: ``target`` 1 (a preferred), 0 (b) or 0.5 (tie); ``group`` = prompt."""
+
+    score_a: np.ndarray
+    score_b: np.ndarray
+    target: np.ndarray
+    group: np.ndarray
+
+
+def pairwise_accuracy(o: PairOutcome) -> tuple[float, int]:
+    """ImageReward's protocol: strict human pairs only (ties skipped), equal scores count as wrong.
+    Returns ``(accuracy in [0, 1], number of strict pairs)``; NaN when there are none."""
+    strict = o.target != 0.5
+    n = int(strict.sum())
+    if n == 0:
+        return math.nan, 0
+    correct = np.where(o.target[strict] > 0.5, o.score_a[strict] > o.score_b[strict], o.score_b[strict] > o.score_a[strict])
+    return float(correct.mean()), n
+
+
+def bootstrap_accuracy_ci(o: PairOutcome, reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`pairwise_accuracy`, resampling prompts (the independent unit)."""
+    strict = o.target != 0.5
+    if not strict.any() or reps <= 0:
+        return math.nan, math.nan
+    t, a, b, g = o.target[strict], o.score_a[strict], o.score_b[strict], o.group[strict]
+    correct = np.where(t > 0.5, a > b, b > a).astype(np.float64)
+    _, inv = np.unique(g, return_inverse=True)
+    n_groups = inv.max() + 1
+    c = np.bincount(inv, weights=correct, minlength=n_groups)
+    n = np.bincount(inv, minlength=n_groups).astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, n_groups, size=(reps, n_groups))
+    acc = c[idx].sum(1) / n[idx].sum(1)
+    lo, hi = np.percentile(acc, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def preference_probability(o: PairOutcome, temperature: float) -> np.ndarray:
+    """``P(a preferred) = sigmoid((s_a - s_b) / tau)``."""
+    return 1.0 / (1.0 + np.exp(-(o.score_a - o.score_b) / temperature))
+
+
+def tie_aware_accuracy(o: PairOutcome, temperature: float, threshold: float) -> float:
+    """Pick-a-Pic's protocol: predict a tie when ``|p_a - p_b| <= threshold``, else the likelier image;
+    credit 1 for a match, 0.5 when exactly one of prediction and label is a tie, else 0."""
+    p = preference_probability(o, temperature)
+    pred = np.where(np.abs(2 * p - 1) <= threshold, 0.5, np.where(p > 0.5, 1.0, 0.0))
+    credit = np.where(pred == o.target, 1.0, np.where((pred == 0.5) ^ (o.target == 0.5), 0.5, 0.0))
+    return float(credit.mean()) if len(credit) else math.nan
+
+
+def tie_chance(o: PairOutcome, threshold: float) -> float:
+    """Pick-a-Pic's random-baseline credit for a threshold: ``(t + (1 - t)/2) ties/N + 0.5 non-ties/N``."""
+    n = len(o.target)
+    ties = float((o.target == 0.5).sum())
+    return ((threshold + (1 - threshold) / 2) * ties + 0.5 * (n - ties)) / n if n else math.nan
+
+
+def choose_tie_threshold(o: PairOutcome, temperature: float) -> float:
+    """The threshold in {0, 0.01, ..., 1} with the best tie-aware accuracy on ``o`` (0 without ties).
+    Ties between thresholds go to the smallest."""
+    if not (o.target == 0.5).any():
+        return 0.0
+    grid = np.round(np.linspace(0, 1, 101), 2)
+    scores = [tie_aware_accuracy(o, temperature, t) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def rating_metrics(pred: np.ndarray, target: np.ndarray, reps: int = 1000, seed: int = 0) -> dict:
+    """SRCC and PLCC (plain, no logistic mapping) with percentile bootstrap CIs over images, and RMSE."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    out = {"n": int(len(pred)), "rmse": float(np.sqrt(np.mean((pred - target) ** 2)))}
+    if len(pred) < 3:
+        return out | {"srcc": math.nan, "plcc": math.nan}
+    out["srcc"] = float(spearmanr(pred, target).statistic)
+    out["plcc"] = float(pearsonr(pred, target).statistic)
+    if reps > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(pred), size=(reps, len(pred)))
+        rp = np.argsort(np.argsort(pred[idx], axis=1), axis=1).astype(np.float64)
+        rt = np.argsort(np.argsort(target[idx], axis=1), axis=1).astype(np.float64)
+        rp -= rp.mean(1, keepdims=True)
+        rt -= rt.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = (rp * rt).sum(1) / np.sqrt((rp**2).sum(1) * (rt**2).sum(1))
+        s = s[np.isfinite(s)]
+        if len(s):
+            out["srcc_ci"] = [float(x) for x in np.percentile(s, [2.5, 97.5])]
+    return out
+
+
+def plot_curve(history: Sequence[dict], path: Path, x_key: str = "epoch") -> Path:
+    """Training curve PNG: train and validation loss (left axis), validation accuracy (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key: str):
+        pts = [(h[x_key], h[key]) for h in history if h.get(key) is not None and not math.isnan(h[key])]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    style = {"marker": "o", "markersize": 3} if len(series("val_loss")[0]) < len(history) else {}
+    ax.plot(*series("train_loss"), label="train loss", color="tab:blue")
+    if series("val_loss")[0]:
+        ax.plot(*series("val_loss"), label="val loss", color="tab:orange", **style)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("loss")
+    lines, labels = ax.get_legend_handles_labels()
+    if series("val_accuracy")[0]:
+        ax2 = ax.twinx()
+        ax2.plot(*series("val_accuracy"), label="val pairwise accuracy", color="tab:green", **style)
+        ax2.set_ylabel("pairwise accuracy")
+        ax2.set_ylim(0, 1)
+        l2, lab2 = ax2.get_legend_handles_labels()
+        lines, labels = lines + l2, labels + lab2
+    ax.legend(lines, labels, loc="best", fontsize=8)
+    ax.set_title("training curve")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _backbone_line(b: dict) -> str:
+    if b.get("type") == "stats":
+        return f"weight-free image statistics `{b.get('version')}` ({len(b.get('features', []))} features)"
+    tuned = " (fine-tuned here)" if b.get("fine_tuned") else ""
+    return f"CLIP `{b.get('source')}`{tuned}"
+
+
+def model_card(meta: dict) -> str:
+    """The README.md of a model directory, from its ``prefscore.json`` contents."""
+    m, d = meta.get("metrics", {}), meta.get("data", {})
+    lines = [
+        f"# {meta.get('name', 'prefscore custom model')}",
+        "",
+        f"A {meta['objective']} model trained with `prefscore train` "
+        f"({'fine-tuned CLIP' if meta['kind'] == 'finetune' else meta['head']['kind'] + ' head on frozen ' + meta['backbone']['type'] + ' features'}; "
+        f"{'prompt-aware' if meta['prompt_aware'] else 'image only'}).",
+        "",
+        "```python",
+        "import prefscore",
+        "model = prefscore.load(\"<this directory>\")",
+        "model.score([\"a.png\", \"b.png\"]" + (', "a prompt")' if meta["prompt_aware"] else ")"),
+        "```",
+        "",
+        "## Data and split",
+        f"- data: `{d.get('train_file')}` ({d.get('kind')})" + (f", validation file `{d['val_file']}`" if d.get("val_file") else ""),
+        f"- split: {d.get('split')}",
+        f"- train: {d.get('train_records')} records, {d.get('train_pairs', 'n/a')} pairs, {d.get('train_groups')} prompts/groups, {d.get('train_images')} images",
+        f"- validation: {d.get('val_records')} records, {d.get('val_pairs', 'n/a')} pairs, {d.get('val_groups')} prompts/groups, {d.get('val_images')} images",
+        "",
+        "## Validation results",
+    ]
+    if m.get("pairwise_accuracy") is not None:
+        ci = m.get("pairwise_accuracy_ci") or [math.nan, math.nan]
+        lines.append(
+            f"- pairwise accuracy: **{_fmt(m['pairwise_accuracy'])}** (95% bootstrap CI over prompts {_fmt(ci[0])}-{_fmt(ci[1])}; "
+            f"{m.get('strict_pairs')} strict pairs, human ties skipped, equal scores wrong; chance 0.5)"
+        )
+    if m.get("tie_aware_accuracy") is not None:
+        lines.append(
+            f"- tie-aware accuracy (Pick-a-Pic credit, tie when |p_a - p_b| <= {meta.get('tie_threshold')} chosen on the training split): "
+            f"{_fmt(m['tie_aware_accuracy'])} (chance {_fmt(m.get('tie_chance'))})"
+        )
+    for key in ("srcc", "plcc", "rmse"):
+        if m.get(key) is not None:
+            extra = f" (95% CI {_fmt(m['srcc_ci'][0])}-{_fmt(m['srcc_ci'][1])})" if key == "srcc" and m.get("srcc_ci") else ""
+            lines.append(f"- {key.upper()}: {_fmt(m[key])}{extra}")
+    lines += [
+        "",
+        "![training curve](training_curve.png)",
+        "",
+        "## Training",
+        f"- backbone: {_backbone_line(meta['backbone'])}",
+        f"- stopped at {meta.get('stopped')}, best at {meta.get('best')}",
+        f"- configuration: `{json.dumps(meta.get('config'))}`",
+        "",
+        "## Limitations",
+        "- The validation numbers come from prompts held out of the same data set; other prompts, image sources "
+        "and annotators can give lower agreement.",
+        "- Scores are only meaningful relative to each other (compare images of the same prompt).",
+        "",
+    ]
+    return "\n".join(lines)
