@@ -7,7 +7,6 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import shared_fixture

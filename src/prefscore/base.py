@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ImageError, PromptError, ScoringError
-from .images import IMAGE_SUFFIXES, ImageInput, describe, load_image
+from .errors import PromptError, ScoringError
+from .images import IMAGE_SUFFIXES, ImageInput
 
 if TYPE_CHECKING:
     from .registry import MetricSpec
@@ -132,6 +131,31 @@ class Metric:
         return self._score_items(list(items), list(prompts) if prompts is not None else None,
                                  batch_size or self.default_batch_size, progress)
 
+    def score_tensor(self, pixels: torch.Tensor, prompts: str | Sequence[str] | None = None, **options) -> torch.Tensor:
+        """Differentiable scores of a float RGB batch ``pixels`` ``(B, 3, H, W)`` with values in [0, 1].
+
+        The metric's preprocessing runs in torch (its ``preprocess_tensor`` hook, built on
+        :mod:`prefscore.differentiable`), then :meth:`forward`, so gradients reach ``pixels``; no
+        inference mode. Returns ``(B,)`` (or ``(B, k)``) in the metric's units on its device.
+        ``options`` go to the hook (``quantize=False``: no 8-bit rounding; see that module). The
+        measured gap to :meth:`score` is in docs/generation.md.
+        """
+        hook = getattr(self, "preprocess_tensor", None)
+        if hook is None:
+            raise NotImplementedError(f"metric '{self.spec.name}' has no differentiable preprocessing (score_tensor)")
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4:
+            raise ValueError(f"pixels must be a tensor (B, 3, H, W) in [0, 1], got {getattr(pixels, 'shape', type(pixels))}")
+        aligned = align_prompts(prompts, len(pixels), self.spec.name, True) if self.needs_prompt else None
+        if not self.needs_prompt and prompts is not None:
+            raise PromptError(f"metric '{self.spec.name}' scores images alone; it takes no prompt")
+        for p in set(aligned or ()):  # text features cached by score() are inference tensors: autograd cannot save them
+            cached = self._text_cache.get(p)
+            if cached is not None and cached.is_inference() and not torch.is_inference_mode_enabled():
+                self._text_cache[p] = cached.clone()
+        inputs = hook(pixels.to(self.device), **options).to(self.dtype).contiguous()  # score()'s layout: same kernels
+        out = self.forward(inputs, aligned)
+        return out[:, 0] if out.dim() == 2 and len(self.output_names) == 1 else out
+
     @torch.inference_mode()
     def compare(self, images: Sequence[ImageInput], prompt: str, *, temperature: float | None = None) -> np.ndarray:
         """Probability that people prefer each candidate for ``prompt``: ``softmax(s(p, x_i) / tau)``.
@@ -154,35 +178,31 @@ class Metric:
         return p / p.sum()
 
     # -- batching ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _score_items(self, items, prompts, batch_size, progress):
-        n, k = len(items), len(self.output_names)
-        out = np.full((n, k), math.nan, dtype=np.float64)
-        errors: list[tuple[int, str, str]] = []
-        bar = _Progress(progress, n, self.spec.name)
+        """Batches through the local engine: images decoded and preprocessed in worker threads ahead
+        of the forward pass, one forward per input shape (full-resolution metrics see mixed sizes)."""
+        from .engine.local import score_metric
+
+        bar = _Progress(progress, len(items), self.spec.name)
         try:
-            for start in range(0, n, batch_size):
-                groups: dict[tuple[int, ...], tuple[list[int], list[torch.Tensor]]] = {}
-                for i in range(start, min(start + batch_size, n)):
-                    name = describe(items[i], i)
-                    try:
-                        tensor = self.preprocess(load_image(items[i], name), name)
-                    except ImageError as exc:
-                        errors.append((i, exc.source, exc.reason))
-                        continue
-                    idx, tensors = groups.setdefault(tuple(tensor.shape), ([], []))
-                    idx.append(i)
-                    tensors.append(tensor)
-                # one forward per input shape: full-resolution metrics (CLIP-IQA RN50) see mixed sizes
-                for idx, tensors in groups.values():
-                    pixels = torch.stack(tensors).to(self.device, self.dtype)
-                    batch_prompts = [prompts[i] for i in idx] if prompts is not None else None
-                    values = self.forward(pixels, batch_prompts).float().cpu().numpy()
-                    out[idx] = values.reshape(len(idx), k)
-                bar.advance(min(start + batch_size, n) - start)
+            return score_metric(self, items, prompts, batch_size, on_batch=bar.advance)
         finally:
             bar.close()
-        return out, errors
+
+    # -- optional hooks for engines scoring several metrics at once ------------------------------
+    def preprocess_key(self):
+        """Hashable identity of :meth:`preprocess` (pipeline and settings), or None (default).
+
+        Metrics returning equal keys turn every image into the same tensor, so an engine scoring
+        them together preprocesses each image once and may share their image encoding.
+        """
+        return None
+
+    def image_tower(self) -> tuple[object, str] | None:
+        """``(owner, attribute)`` of the module whose ``image_features(pixels)`` is the only use
+        :meth:`forward` makes of ``pixels``, or None (default). Engines then encode a batch once for
+        all metrics whose towers hold identical weights, and may cache these features on disk."""
+        return None
 
     def cached_text_features(self, prompts: list[str], encode: Callable[[list[str]], torch.Tensor], maxsize: int = 4096) -> torch.Tensor:
         """Features of each prompt, encoding each distinct prompt once (LRU cache across calls)."""

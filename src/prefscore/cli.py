@@ -17,6 +17,7 @@ from .bench.cli import register as register_bench
 from .cli_args import parse_models, parse_options, split_names
 from .errors import PrefscoreError
 from .evaluation.cli import register as register_evaluation
+from .generation.cli import register as register_generation
 from .registry import get_spec, list_metrics, load
 from .training.cli import register as register_training
 
@@ -116,8 +117,8 @@ def score_cmd(
             summary = run_from_cli([str(p) for p in paths or []] + list(source), output, [model_dirs.get(n, n) for n in names],
                                    models, {model_dirs.get(n, n): options[n] for n in names}, prompt, prompts, prompt_column, image_column, concurrency,
                                    gpus_per_actor, dtype, engine_options, resume)
-            err_console.print(f"wrote {summary['rows']} rows to {summary['output']}: "
-                              f"{summary['rows'] - summary['failed']} scored, {summary['failed']} failed")
+            err_console.print(f"wrote {summary['rows']} rows to {summary['output']}")
+            err_console.print(f"{summary['rows'] - summary['failed']} scored, {summary['failed']} failed")
             return
         if engine != "local":
             raise typer.BadParameter(f"--engine must be local or ray, not {engine!r}")
@@ -163,4 +164,5 @@ def score_cmd(
 register_training(app)
 register_evaluation(app)
 register_bench(app)
+register_generation(app)
 register_annotate(app)

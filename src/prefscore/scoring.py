@@ -1,4 +1,10 @@
-"""Scoring many files with one or several metrics: decode once, stream results, resume, keep errors."""
+"""Scoring many files with one or several metrics: decode once, encode once, stream rows, resume.
+
+:class:`ScoreJob` runs the local engine (:mod:`prefscore.engine.local`) and writes each finished
+batch to the output at once (JSONL/CSV flushed per batch, Parquet in row groups of ``chunk_size``
+rows, with whatever is buffered written out on exit), so Ctrl-C or a crash loses at most the batch
+in flight; a rerun with ``resume=True`` skips every image already in the output.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .base import Metric
-from .errors import ImageError, PromptError
-from .images import load_image
+from .engine.local import Engine, EngineOptions
+from .errors import PromptError
 from .output import ResultWriter, read_done
 
 
@@ -23,14 +29,19 @@ def metric_columns(name: str, metric: Metric) -> list[str]:
 class ScoreJob:
     """Score ``images`` with every metric in ``metrics`` (name -> loaded metric).
 
-    ``prompts``: None, one string for all, or a mapping image path -> prompt. Images are decoded
-    once per chunk and shared by all metrics. Rows are ``{"image", "prompt", <columns>, "error"}``.
+    ``prompts``: None, one string for all, or a mapping image path -> prompt. Each image is decoded
+    once for all metrics, preprocessed once per distinct preprocessing, and encoded once per
+    distinct image tower (see ``options``). Rows are ``{"image", "prompt", <columns>, "error"}``.
+    ``chunk_size``: rows per Parquet row group. ``options``: engine settings (workers, autocast,
+    compile, feature cache, ...); ``batch_size`` overrides ``options.batch_size``.
     """
 
     metrics: Mapping[str, Metric]
     batch_size: int = 16
-    chunk_size: int = 256
-    rows: list[dict] = field(default_factory=list)
+    chunk_size: int = 1024
+    options: EngineOptions = field(default_factory=EngineOptions)
+    scored: int = 0  #: rows of the last run without an error
+    failed: int = 0  #: rows of the last run with an error
 
     def columns(self, with_prompt: bool) -> list[str]:
         cols = ["image"] + (["prompt"] if with_prompt else [])
@@ -39,7 +50,10 @@ class ScoreJob:
         return cols + ["error"]
 
     def run(self, images: Sequence[Path], prompts: str | Mapping[str, str] | None = None, output: Path | None = None,
-            resume: bool = False, progress: Callable[[int], None] | None = None) -> list[dict]:
+            resume: bool = False, progress: Callable[[int], None] | None = None, keep_rows: bool = True) -> list[dict]:
+        """Score and return the rows (earlier rows first when resuming). With ``keep_rows=False``
+        rows only go to ``output`` (constant memory for any N) and the list is empty; ``scored`` and
+        ``failed`` count them either way."""
         needs_prompt = any(m.needs_prompt for m in self.metrics.values())
         if needs_prompt and prompts is None:
             names = ", ".join(n for n, m in self.metrics.items() if m.needs_prompt)
@@ -51,56 +65,67 @@ class ScoreJob:
         todo = [p for p in images if str(p) not in done_keys]
         writer = ResultWriter(output, columns, done) if output is not None else None
         rows: list[dict] = []
+        buffer: list[dict] = []
+        self.scored = self.failed = 0
         if progress is not None and done:
             progress(len(images) - len(todo))
+
+        def emit(batch_rows: list[dict]) -> None:
+            for r in batch_rows:
+                if r.get("error"):
+                    self.failed += 1
+                else:
+                    self.scored += 1
+            if keep_rows:
+                rows.extend(batch_rows)
+            if writer is None:
+                return
+            if writer.format != "parquet":
+                writer.write(batch_rows)
+                return
+            buffer.extend(batch_rows)
+            if len(buffer) >= self.chunk_size:
+                writer.write(buffer)
+                buffer.clear()
+
         try:
-            for start in range(0, len(todo), self.chunk_size):
-                chunk = todo[start : start + self.chunk_size]
-                chunk_rows = self._score_chunk(chunk, prompts)
-                rows.extend(chunk_rows)
-                if writer is not None:
-                    writer.write(chunk_rows)
+            items, item_prompts, missing = [], [], []
+            for p in todo:
+                row_prompt = prompts if (prompts is None or isinstance(prompts, str)) else prompts.get(str(Path(p).resolve()))
+                if prompts is not None and row_prompt is None:
+                    missing.append({"image": str(p), "error": "no prompt for this image in the prompts file"})
+                    continue
+                items.append(p)
+                item_prompts.append(row_prompt)
+            if missing:
+                emit(missing)
                 if progress is not None:
-                    progress(len(chunk))
+                    progress(len(missing))
+            opts = EngineOptions(**{**self.options.__dict__, "batch_size": self.batch_size})
+            engine = Engine(self.metrics, opts)
+            cols = {name: metric_columns(name, m) for name, m in self.metrics.items()}
+            for batch in engine.run(items, item_prompts if with_prompt else None):
+                batch_rows = []
+                for j, i in enumerate(batch.indices):
+                    row = {"image": str(items[i])}
+                    if with_prompt:
+                        row["prompt"] = item_prompts[i]
+                    for name in batch.names:
+                        for c, value in zip(cols[name], batch.scores[name][j]):
+                            row[c] = float(value)
+                    errs = batch.errors.get(j)
+                    if errs:
+                        row["error"] = "; ".join(why if m is None else f"{m}: {why}" for m, why in errs)
+                    batch_rows.append(row)
+                emit(batch_rows)
+                if progress is not None:
+                    progress(len(batch_rows))
         finally:
             if writer is not None:
+                if buffer:
+                    writer.write(buffer)
                 writer.close()
         return done + rows if resume else rows
-
-    def _score_chunk(self, paths: Sequence[Path], prompts) -> list[dict]:
-        rows = [{"image": str(p)} for p in paths]
-        decoded, ok, raw_ok = [], [], []
-        decode = any(not m.decodes_inputs for m in self.metrics.values())
-        for i, p in enumerate(paths):
-            if prompts is not None:
-                prompt = prompts if isinstance(prompts, str) else prompts.get(str(Path(p).resolve()))
-                if prompt is None:
-                    rows[i]["error"] = "no prompt for this image in the prompts file"
-                    continue
-                rows[i]["prompt"] = prompt
-            raw_ok.append(i)
-            if not decode:
-                continue
-            try:
-                decoded.append(load_image(p, str(p)))
-                ok.append(i)
-            except ImageError as exc:
-                rows[i]["error"] = exc.reason
-        for name, metric in self.metrics.items():
-            # metrics that read their own inputs (videos) get the paths, the others the decoded images
-            items, rows_in = ([str(paths[i]) for i in raw_ok], raw_ok) if metric.decodes_inputs else (decoded, ok)
-            if not rows_in:
-                continue
-            batch_prompts = [rows[i]["prompt"] for i in rows_in] if metric.needs_prompt else None
-            scores, errors = metric.score_records(items, batch_prompts, batch_size=self.batch_size)
-            cols = metric_columns(name, metric)
-            for j, i in enumerate(rows_in):
-                for c, value in zip(cols, scores[j]):
-                    rows[i][c] = float(value)
-            for j, _, reason in errors:
-                row = rows[rows_in[j]]
-                row["error"] = f"{row['error']}; {name}: {reason}" if row.get("error") else f"{name}: {reason}"
-        return rows
 
 
 def read_prompt_file(path: Path) -> dict[str, str]:

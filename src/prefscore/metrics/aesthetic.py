@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import hub, preprocess
+from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPENAI_ARCH, read_state_dict
 from ..backbones.loading import fetch_url, has_hf_clip, load_clip_tower
 from ..base import Metric
@@ -102,6 +102,16 @@ class LaionAesthetic(Metric):
 
     def preprocess(self, image, name):
         return preprocess.openai_clip(image, self.image_size, name=name)
+
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return differentiable.openai_clip_tensor(pixels, self.image_size, quantize=quantize)
+
+    def preprocess_key(self):
+        return ("openai_clip", self.image_size)
+
+    def image_tower(self):
+        return self, "clip"
 
     def forward(self, pixels, prompts=None):
         feats = self.clip.image_features(pixels).float()

@@ -10,12 +10,11 @@ is :mod:`prefscore.metrics.clipiqa_rn50`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence, Union
 
 import torch
 
-from .. import hub, preprocess
+from .. import differentiable, preprocess
 from ..backbones.clip import OPENAI_ARCH
 from ..backbones.loading import hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
 from ..base import Metric
@@ -94,6 +93,16 @@ class ClipIQA(Metric):
     def preprocess(self, image, name):
         return self.backbone.preprocess(image, name)
 
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return self.backbone.preprocess_tensor(pixels, quantize=quantize)
+
+    def preprocess_key(self):
+        return ("hf_clip", self.backbone.processor) if isinstance(self.backbone, HFBackbone) else None
+
+    def image_tower(self):
+        return (self.backbone, "clip") if isinstance(self.backbone, HFBackbone) else None
+
     def forward(self, pixels, prompts=None):
         img = self.backbone.image_features(pixels).float()
         img = img / img.norm(dim=-1, keepdim=True)
@@ -113,6 +122,10 @@ class HFBackbone:
 
     def preprocess(self, image, name):
         return preprocess.hf_clip(image, self.processor, name=name)
+
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """CLIP processor in torch (:func:`prefscore.differentiable.hf_clip_tensor`)."""
+        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
 
     def image_features(self, pixels):
         return self.clip.image_features(pixels)

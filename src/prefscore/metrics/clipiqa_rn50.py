@@ -29,6 +29,7 @@ from .. import hub
 from ..backbones.clip import OPENAI_ARCH, convert_text, load_into, read_state_dict, text_config_from_state_dict
 from ..backbones.loading import TOKENIZER_FILES, load_hf_tokenizer
 from ..backbones.resnet import ModifiedResNet, resnet_from_state_dict
+from ..differentiable import unresized_tensor
 from ..errors import CheckpointError, ImageError, ModelSourceError, PromptError
 from ..images import to_rgb
 from ..preprocess import OPENAI_MEAN, OPENAI_STD, normalize, to_tensor
@@ -96,6 +97,10 @@ class RN50Backbone:
                 name, f"image is {rgb.width}x{rgb.height}; the RN50 tower needs at least {self.min_side} px per side"
             )
         return normalize(to_tensor(rgb), OPENAI_MEAN, OPENAI_STD)
+
+    def preprocess_tensor(self, pixels: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """Differentiable twin of :meth:`preprocess`: ``(B, 3, H, W)`` in [0, 1], full resolution."""
+        return unresized_tensor(pixels, quantize=quantize, min_side=self.min_side)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised images ``(B, 3, H, W)`` (one size per batch) -> un-normalised features ``(B, D)``."""

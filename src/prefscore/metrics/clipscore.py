@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .. import hub, preprocess
+from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPENAI_ARCH
-from ..backbones.loading import has_hf_clip, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
+from ..backbones.loading import hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
 from .similarity import ClipSimilarityMetric
 
 OPENAI_FILES = ("ViT-B-32.pt", "ViT-L-14.pt", "clip.pt", "model.pt")
@@ -45,9 +45,18 @@ class ClipScore(ClipSimilarityMetric):
             return preprocess.hf_clip(image, self.processor, name=name)
         return preprocess.openai_clip(image, self.image_size, name=name)
 
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        if self.processor is not None:
+            return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
+        return differentiable.openai_clip_tensor(pixels, self.image_size, quantize=quantize)
+
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         texts = [f"{self.prefix} {p}".strip() if self.prefix else p for p in prompts]
         return hf_text_features(self.clip, self.tokenizer, texts, self.device)
+
+    def preprocess_key(self):
+        return ("hf_clip", self.processor) if self.processor is not None else ("openai_clip", self.image_size)
 
     def forward(self, pixels, prompts):
         return self.w * self.cosine(pixels, prompts).clamp(min=0)

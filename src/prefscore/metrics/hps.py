@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import hub, preprocess
+from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14, ClipArch, ClipTower, clip_from_state_dict, read_state_dict
 from ..backbones.tokenizer import OpenCLIPTokenizer
 from .similarity import ClipSimilarityMetric
@@ -46,8 +46,15 @@ class HPSv2(ClipSimilarityMetric):
     def preprocess(self, image, name):
         return preprocess.hps_pad(image, self.image_size, name=name)
 
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return differentiable.hps_tensor(pixels, self.image_size, quantize=quantize)
+
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         return self.clip.text_features(self.tokenizer(prompts).to(self.device))
+
+    def preprocess_key(self):
+        return ("hps_pad", self.image_size)
 
     def forward(self, pixels, prompts):
         return self.cosine(pixels, prompts)

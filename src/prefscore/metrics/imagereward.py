@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import hub, preprocess
+from .. import differentiable, hub, preprocess
 from ..backbones.clip import count_layers, load_into, read_state_dict
 from ..base import Metric
 from ..errors import CheckpointError, ModelSourceError, PromptError
@@ -312,6 +312,10 @@ class ImageReward(Metric):
 
     def preprocess(self, image, name):
         return preprocess.openai_clip(image, self.image_size, name=name)
+
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return differentiable.openai_clip_tensor(pixels, self.image_size, quantize=quantize)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention masks ``(B, 35)``: ``[CLS] ... [SEP]`` padded with ``[PAD]`` (0),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import hub, preprocess
+from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14
 from ..backbones.loading import has_processor, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
 from .similarity import ClipSimilarityMetric
@@ -39,8 +39,15 @@ class PickScore(ClipSimilarityMetric):
     def preprocess(self, image, name):
         return preprocess.hf_clip(image, self.processor, name=name)
 
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
+
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         return hf_text_features(self.clip, self.tokenizer, prompts, self.device)
+
+    def preprocess_key(self):
+        return ("hf_clip", self.processor)
 
     def forward(self, pixels, prompts):
         return self.clip.logit_scale.float().exp() * self.cosine(pixels, prompts)

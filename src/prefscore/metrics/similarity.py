@@ -22,6 +22,9 @@ class ClipSimilarityMetric(Metric):
 
     clip: ClipTower
 
+    def image_tower(self):
+        return self, "clip"
+
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 

@@ -1,0 +1,103 @@
+"""Runs an official implementation's scoring loop, as its README / script does, on given images.
+
+Executed with the *official* environment (``/tmp/bench-venv``: torch + torchvision + the official
+packages ``clip-anytorch`` and ``hpsv2``), never imported by prefscore. Prints one JSON line:
+``{"per_image_s", "scores"}``; ``per_image_s`` is ``(t(N) - t(1)) / (N - 1)``, which removes the
+fixed cost each call pays (HPSv2's ``score`` reloads its checkpoint on every call).
+
+usage: python official_runner.py laion|hps <model_dir> <arch> <prompt> <image>...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+def laion(model_dir: str, arch: str, prompt: str, images: list[str]):
+    """improved-aesthetic-predictor's simple_inference.py: clip.load, one image at a time, numpy
+    normalisation, the MLP (no activations)."""
+    import clip
+
+    model, preprocess = clip.load(f"{model_dir}/clip.pt", device="cpu", jit=False)
+    dim = model.visual.output_dim
+
+    class MLP(nn.Module):
+        def __init__(self, input_size):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                                        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+        def forward(self, x):
+            return self.layers(x)
+
+    mlp = MLP(dim)
+    mlp.load_state_dict(torch.load(f"{model_dir}/aesthetic-mlp.pth", map_location="cpu"))
+    mlp.eval()
+
+    def normalized(a, axis=-1, order=2):
+        l2 = np.atleast_1d(np.linalg.norm(a, order, axis))
+        l2[l2 == 0] = 1
+        return a / np.expand_dims(l2, axis)
+
+    def run(paths):
+        out = []
+        for path in paths:
+            pil_image = Image.open(path)
+            image = preprocess(pil_image).unsqueeze(0)
+            with torch.no_grad():
+                image_features = model.encode_image(image)
+            im_emb_arr = normalized(image_features.cpu().detach().numpy())
+            prediction = mlp(torch.from_numpy(im_emb_arr).type(torch.FloatTensor))
+            out.append(float(prediction.item()))
+        return out
+
+    return run
+
+
+def hps(model_dir: str, arch: str, prompt: str, images: list[str]):
+    """hpsv2.img_score.score with the model built for ``arch`` (the function hard-codes ViT-H-14 and
+    downloads its weights; everything else - transforms, per-image loop, checkpoint load - is its own)."""
+    from hpsv2 import img_score
+    from hpsv2.src.open_clip import create_model_and_transforms
+
+    model, _, preprocess_val = create_model_and_transforms(
+        arch, None, precision="amp", device="cpu", jit=False, force_quick_gelu=False, force_custom_text=False,
+        force_patch_dropout=False, force_image_size=None, pretrained_image=False, image_mean=None, image_std=None,
+        light_augmentation=True, aug_cfg={}, output_dict=True, with_score_predictor=False, with_region_predictor=False)
+    img_score.model_dict["model"] = model
+    img_score.model_dict["preprocess_val"] = preprocess_val
+    checkpoint = f"{model_dir}/HPS_v2.1_compressed.pt"
+
+    def run(paths):
+        return [float(s) for s in img_score.score(list(paths), prompt, cp=checkpoint)]
+
+    return run
+
+
+def main() -> None:
+    kind, model_dir, arch, prompt, *images = sys.argv[1:]
+    torch.manual_seed(0)
+    run = {"laion": laion, "hps": hps}[kind](model_dir, arch, prompt, images)
+    run(images[:2])  # warm-up
+    t = time.perf_counter()
+    run(images[:1])
+    t1 = time.perf_counter() - t
+    best = None
+    for _ in range(2):
+        t = time.perf_counter()
+        scores = run(images)
+        tn = time.perf_counter() - t
+        best = tn if best is None else min(best, tn)
+    print(json.dumps({"per_image_s": (best - t1) / (len(images) - 1), "scores": scores, "torch": torch.__version__,
+                      "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

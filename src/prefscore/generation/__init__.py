@@ -1,0 +1,21 @@
+"""Rewards for generators: differentiable rewards, reward-guided sampling and reward fine-tuning.
+
+* :mod:`.rewards` - :class:`Reward` objects from prefscore metrics, weighted sums and composites;
+* :mod:`.sampling` - :func:`best_of_n` and :func:`rejection_sample` around any diffusers pipeline;
+* :mod:`.finetune` - :class:`RewardFinetuner`: ReFL (:mod:`.refl`) or DRaFT-K (:mod:`.draft`) on
+  LoRA adapters (:mod:`.lora`) of the UNet, with held-out tracking, checkpoints and resume;
+* :mod:`.tiny` - a tiny random Stable Diffusion pipeline for tests and offline trials.
+
+Needs ``diffusers`` and ``peft`` (imported when used). See docs/generation.md.
+"""
+
+from .finetune import FinetuneConfig, FinetuneResult, PretrainData, RewardFinetuner, RewardHackingWarning
+from .lora import LoraSettings
+from .rewards import CompositeReward, FunctionReward, MetricReward, Reward, WeightedReward, as_reward, load_reward
+from .sampling import Candidate, PromptResult, Scorer, best_of_n, rejection_sample, write_results
+
+__all__ = [
+    "Candidate", "CompositeReward", "FinetuneConfig", "FinetuneResult", "FunctionReward", "LoraSettings",
+    "MetricReward", "PretrainData", "PromptResult", "Reward", "RewardFinetuner", "RewardHackingWarning", "Scorer",
+    "WeightedReward", "as_reward", "best_of_n", "load_reward", "rejection_sample", "write_results",
+]
