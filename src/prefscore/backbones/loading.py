@@ -98,6 +98,12 @@ def load_processor_config(directory: Path):
     return HFProcessorConfig.from_dict(json.loads(path.read_text()))
 
 
+def load_clip_processor(source: str | os.PathLike, what: str):
+    """``(tokenizer, HFProcessorConfig)`` of a CLIP processor (local directory or hub repo)."""
+    directory = processor_dir(source, what=what)
+    return load_hf_tokenizer(directory), load_processor_config(directory)
+
+
 def has_processor(directory: Path) -> bool:
     return (directory / "preprocessor_config.json").is_file() and any(
         (directory / f).is_file() for f in ("tokenizer.json", "vocab.json")

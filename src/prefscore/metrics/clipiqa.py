@@ -16,7 +16,7 @@ import torch
 
 from .. import differentiable, preprocess
 from ..backbones.clip import OPENAI_ARCH
-from ..backbones.loading import hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
+from ..backbones.loading import hf_text_features, load_clip_processor, load_clip_tower
 from ..base import Metric
 
 # torchmetrics' built-in pairs (name -> (positive, negative)); "colorfullness" is its spelling.
@@ -116,9 +116,7 @@ class HFBackbone:
     def __init__(self, source: str, dtype: torch.dtype, device: torch.device):
         self.device = device
         self.clip = load_clip_tower(source, OPENAI_ARCH, dtype, ("model.pt",), what="CLIP model").to(device)
-        pdir = processor_dir(source, what="CLIP processor")
-        self.tokenizer = load_hf_tokenizer(pdir)
-        self.processor = load_processor_config(pdir)
+        self.tokenizer, self.processor = load_clip_processor(source, what="CLIP processor")
 
     def preprocess(self, image, name):
         return preprocess.hf_clip(image, self.processor, name=name)

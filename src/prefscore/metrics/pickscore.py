@@ -15,7 +15,7 @@ import torch
 
 from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14
-from ..backbones.loading import has_processor, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
+from ..backbones.loading import has_processor, hf_text_features, load_clip_processor, load_clip_tower
 from .similarity import ClipSimilarityMetric
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
@@ -32,9 +32,7 @@ class PickScore(ClipSimilarityMetric):
         self.clip = load_clip_tower(repo, OPEN_CLIP_VIT_H_14, self.dtype, what="PickScore model").to(self.device)
         if processor is None:
             processor = repo if hub.is_local(repo) and has_processor(Path(repo)) else PROCESSOR_REPO
-        pdir = processor_dir(processor, what="CLIP-H processor")
-        self.tokenizer = load_hf_tokenizer(pdir)
-        self.processor = load_processor_config(pdir)
+        self.tokenizer, self.processor = load_clip_processor(processor, what="CLIP-H processor")
 
     def preprocess(self, image, name):
         return preprocess.hf_clip(image, self.processor, name=name)

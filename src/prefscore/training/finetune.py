@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__, hub, preprocess
 from ..backbones.clip import OPENAI_ARCH
-from ..backbones.loading import HF_CLIP_FILES, hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config
+from ..backbones.loading import HF_CLIP_FILES, hf_text_features, load_clip_processor, load_clip_tower
 from ..data import Judgements, Pair
 from ..errors import ModelSourceError
 from ..images import load_image
@@ -151,8 +151,7 @@ class _Model:
             raise ModelSourceError(f"{proc}: no preprocessor_config.json; fine-tuning needs the CLIP processor files "
                                    f"(pass processor=<folder or hub id>)")
         self.processor_root = proc
-        self.processor = load_processor_config(proc)
-        self.tokenizer = load_hf_tokenizer(proc)
+        self.tokenizer, self.processor = load_clip_processor(proc, what="CLIP processor")
         self.device = device
 
     @property

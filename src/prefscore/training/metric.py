@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.clip import OPENAI_ARCH
-from ..backbones.loading import hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config
+from ..backbones.loading import hf_text_features, load_clip_processor, load_clip_tower
 from ..base import Metric
 from ..errors import CheckpointError
 from .. import preprocess
@@ -77,8 +77,7 @@ class CustomMetric(Metric):
     def _init_finetuned(self) -> None:
         bdir = self.root / BACKBONE_DIR
         self.clip = load_clip_tower(str(bdir), OPENAI_ARCH, self.dtype, what="fine-tuned CLIP").to(self.device)
-        self.tokenizer = load_hf_tokenizer(bdir)
-        self.processor = load_processor_config(bdir)
+        self.tokenizer, self.processor = load_clip_processor(bdir, what="fine-tuned CLIP processor")
         self.extractor = None
 
     def preprocess(self, image, name):
