@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from scipy.stats import norm, spearmanr
+from scipy.stats import norm
 from typer.testing import CliRunner
 
 from prefscore.annotate import (
@@ -35,7 +35,7 @@ from prefscore.annotate import (
     load_candidates,
 )
 from prefscore.annotate.app import hosts_for
-from prefscore.annotate.stats import fit_bradley_terry, krippendorff_alpha_nominal, order_uncertainty, spearman, wilson_interval
+from prefscore.annotate.stats import fit_bradley_terry, krippendorff_alpha_nominal, order_uncertainty, wilson_interval
 from prefscore.data import load_judgements
 
 GENERATORS = ("gen-a", "gen-b", "gen-c")
@@ -192,9 +192,6 @@ def test_krippendorff_alpha_and_wilson():
     assert krippendorff_alpha_nominal([["a", "a"], ["a", "b"]]) == pytest.approx(0.0)
     assert krippendorff_alpha_nominal([["a", "a"], ["b", "b"], ["a", "b"]]) == pytest.approx(1 - 5 * 2 / 18)
     assert krippendorff_alpha_nominal([["a"], ["b"]]) is None
-    x, y = [3.0, 1.0, 2.0, 2.0, 5.0], [1.0, 0.5, 0.7, 0.9, 4.0]
-    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
-    assert spearman([1, 1, 1], [1, 2, 3]) is None
     lo, hi = wilson_interval(8, 10)
     assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
 

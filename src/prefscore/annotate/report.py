@@ -15,7 +15,8 @@ from collections import defaultdict
 import numpy as np
 
 from .db import Store
-from .stats import Z95, fit_bradley_terry, krippendorff_alpha_nominal, pairwise_agreement, spearman, wilson_interval
+from ..evaluation.stats import srcc
+from .stats import Z95, fit_bradley_terry, krippendorff_alpha_nominal, pairwise_agreement, wilson_interval
 
 PRIOR_VARIANCE = 10.0
 
@@ -86,7 +87,7 @@ def leaderboard(store: Store) -> dict:
             agree += int((d > 0) == (r["label"] == "a"))
         lo_, hi_ = wilson_interval(agree, n)
         gens = [g for g in generators if g in means.get(m.name, {})]
-        rho = spearman([sign * means[m.name][g] for g in gens], [strength_of[g] for g in gens]) if strength_of else None
+        rho = srcc([sign * means[m.name][g] for g in gens], [strength_of[g] for g in gens]) if strength_of and len(gens) >= 3 else None
         metric_rows.append({"metric": m.name, "higher_is_better": m.higher_is_better, "agreement": _num(agree / n) if n else None,
                             "ci_low": _num(lo_), "ci_high": _num(hi_), "pairs": n, "equal_scores": equal,
                             "generator_rank_spearman": _num(rho)})

@@ -10,7 +10,6 @@ from itertools import combinations
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 Z95 = 1.959963984540054
 
@@ -155,13 +154,3 @@ def pairwise_agreement(units: Sequence[Sequence[tuple[str, str]]]) -> tuple[floa
             cell[1] += 1
     return (agree / total if total else None), total, dict(per_pair)
 
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation (average ranks for ties); ``None`` with fewer than 3 points or a constant input."""
-    if len(x) < 3:
-        return None
-    rx = pd.Series(np.asarray(x, float)).rank().to_numpy()
-    ry = pd.Series(np.asarray(y, float)).rank().to_numpy()
-    if np.all(rx == rx[0]) or np.all(ry == ry[0]):
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
