@@ -11,6 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..evaluation.agreement import choose_tie_threshold as choose_pickapic_threshold
+from ..evaluation.agreement import tie_credits, tie_free_correct
+from ..evaluation.stats import BootstrapPlan, percentile_interval, plcc, rmse, srcc
+
 
 @dataclass
 class PairOutcome:
@@ -33,21 +37,21 @@ def pairwise_accuracy(o: PairOutcome) -> tuple[float, int]:
     return float(correct.mean()), n
 
 
+def _delta_human(o: PairOutcome) -> tuple[np.ndarray, np.ndarray]:
+    """``s_a - s_b`` and the human label in the evaluation package's coding (+1 a, -1 b, 0 tie)."""
+    return o.score_a - o.score_b, np.where(o.target == 0.5, 0, np.where(o.target > 0.5, 1, -1))
+
+
 def bootstrap_accuracy_ci(o: PairOutcome, reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of :func:`pairwise_accuracy`, resampling prompts (the independent unit)."""
     strict = o.target != 0.5
     if not strict.any() or reps <= 0:
         return math.nan, math.nan
-    t, a, b, g = o.target[strict], o.score_a[strict], o.score_b[strict], o.group[strict]
-    correct = np.where(t > 0.5, a > b, b > a).astype(np.float64)
-    _, inv = np.unique(g, return_inverse=True)
-    n_groups = inv.max() + 1
-    c = np.bincount(inv, weights=correct, minlength=n_groups)
-    n = np.bincount(inv, minlength=n_groups).astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, n_groups, size=(reps, n_groups))
-    acc = c[idx].sum(1) / n[idx].sum(1)
-    lo, hi = np.percentile(acc, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
+    delta, human = _delta_human(o)
+    correct = tie_free_correct(delta[strict], human[strict])
+    samples = BootstrapPlan(o.group[strict], n_boot=reps, seed=seed).ratio_of_sums(correct)[:, 0]
+    interval = percentile_interval(float(correct.mean()), samples, level)
+    return interval.low, interval.high
 
 
 def preference_probability(o: PairOutcome, temperature: float) -> np.ndarray:
@@ -58,10 +62,10 @@ def preference_probability(o: PairOutcome, temperature: float) -> np.ndarray:
 def tie_aware_accuracy(o: PairOutcome, temperature: float, threshold: float) -> float:
     """Pick-a-Pic's protocol: predict a tie when ``|p_a - p_b| <= threshold``, else the likelier image;
     credit 1 for a match, 0.5 when exactly one of prediction and label is a tie, else 0."""
-    p = preference_probability(o, temperature)
-    pred = np.where(np.abs(2 * p - 1) <= threshold, 0.5, np.where(p > 0.5, 1.0, 0.0))
-    credit = np.where(pred == o.target, 1.0, np.where((pred == 0.5) ^ (o.target == 0.5), 0.5, 0.0))
-    return float(credit.mean()) if len(credit) else math.nan
+    if not len(o.target):
+        return math.nan
+    delta, human = _delta_human(o)
+    return float(tie_credits(delta, human, threshold, mode="pickapic", temperature=temperature).mean())
 
 
 def tie_chance(o: PairOutcome, threshold: float) -> float:
@@ -72,37 +76,26 @@ def tie_chance(o: PairOutcome, threshold: float) -> float:
 
 
 def choose_tie_threshold(o: PairOutcome, temperature: float) -> float:
-    """The threshold in {0, 0.01, ..., 1} with the best tie-aware accuracy on ``o`` (0 without ties).
-    Ties between thresholds go to the smallest."""
+    """Pick-a-Pic's threshold choice: the best of {0, 0.1, ..., 1} on ``o`` (0 without ties; the
+    smallest wins ties)."""
     if not (o.target == 0.5).any():
         return 0.0
-    grid = np.round(np.linspace(0, 1, 101), 2)
-    scores = [tie_aware_accuracy(o, temperature, t) for t in grid]
-    return float(grid[int(np.argmax(scores))])
+    delta, human = _delta_human(o)
+    return choose_pickapic_threshold(delta, human, mode="pickapic", temperature=temperature)[0]
 
 
 def rating_metrics(pred: np.ndarray, target: np.ndarray, reps: int = 1000, seed: int = 0) -> dict:
-    """SRCC and PLCC (plain, no logistic mapping) with percentile bootstrap CIs over images, and RMSE."""
-    from scipy.stats import pearsonr, spearmanr
-
+    """SRCC and PLCC (plain, no logistic mapping) with a percentile bootstrap CI of SRCC over images, and RMSE."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    out = {"n": int(len(pred)), "rmse": float(np.sqrt(np.mean((pred - target) ** 2)))}
+    out = {"n": int(len(pred)), "rmse": rmse(pred, target)}
     if len(pred) < 3:
         return out | {"srcc": math.nan, "plcc": math.nan}
-    out["srcc"] = float(spearmanr(pred, target).statistic)
-    out["plcc"] = float(pearsonr(pred, target).statistic)
+    out["srcc"], out["plcc"] = srcc(pred, target), plcc(pred, target)
     if reps > 0:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(pred), size=(reps, len(pred)))
-        rp = np.argsort(np.argsort(pred[idx], axis=1), axis=1).astype(np.float64)
-        rt = np.argsort(np.argsort(target[idx], axis=1), axis=1).astype(np.float64)
-        rp -= rp.mean(1, keepdims=True)
-        rt -= rt.mean(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = (rp * rt).sum(1) / np.sqrt((rp**2).sum(1) * (rt**2).sum(1))
-        s = s[np.isfinite(s)]
-        if len(s):
-            out["srcc_ci"] = [float(x) for x in np.percentile(s, [2.5, 97.5])]
+        samples = BootstrapPlan(np.arange(len(pred)), n_boot=reps, seed=seed).apply(lambda rows: srcc(pred[rows], target[rows]))
+        interval = percentile_interval(out["srcc"], samples[:, 0])
+        if math.isfinite(interval.low):
+            out["srcc_ci"] = [interval.low, interval.high]
     return out
 
 
