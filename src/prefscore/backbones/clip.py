@@ -210,19 +210,27 @@ def convert_vision(sd, n_layers: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> nn.Module:
-    """Strictly load ``state`` into ``model`` (built on the meta device), naming any misfit tensor."""
-    expected = model.state_dict()
-    buffers = {k for k, _ in model.named_buffers()}
-    missing = [k for k in expected if k not in state and k not in buffers]
-    unexpected = [k for k in state if k not in expected]
+def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, *,
+              optional: frozenset[str] | set[str] = frozenset(), key_name=lambda k: k, what: str = "the model") -> None:
+    """Raise :class:`CheckpointError` naming the first missing, unexpected or wrongly shaped tensor.
+
+    ``expected``: the model's state dict; ``optional``: keys that may be absent; ``key_name`` maps a
+    model key to the name the user knows (the checkpoint's own key) for the message.
+    """
+    missing = [key_name(k) for k in expected if k not in state and k not in optional]
+    unexpected = [key_name(k) for k in state if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{source}: checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{source}: checkpoint does not fit {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(
-                f"{source}: tensor for '{k}' has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}"
+                f"{source}: tensor '{key_name(k)}' has shape {tuple(v.shape)}, {what} expects {tuple(expected[k].shape)}"
             )
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> nn.Module:
+    """Strictly load ``state`` into ``model`` (built on the meta device), naming any misfit tensor."""
+    check_fit(model.state_dict(), state, source, optional={k for k, _ in model.named_buffers()})
     state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     _materialise_buffers(model)

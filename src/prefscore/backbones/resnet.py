@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from .clip import check_fit
 
 EXPANSION = 4  # Bottleneck output channels = planes * 4
 
@@ -215,15 +216,7 @@ def resnet_from_state_dict(sd: Mapping[str, torch.Tensor], source: str, dtype: t
     expected = model.state_dict()
     state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = [prefix + k for k in expected if k not in state and k not in optional]
-    unexpected = [prefix + k for k in state if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: checkpoint does not fit the ResNet tower: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(
-                f"{source}: tensor '{prefix}{k}' has shape {tuple(v.shape)}, the ResNet tower expects {tuple(expected[k].shape)}"
-            )
+    check_fit(expected, state, source, optional=optional, key_name=lambda k: prefix + k, what="the ResNet tower")
     loaded = {k: (v if k in optional else v.to(dtype)) for k, v in state.items()}
     for k in optional - set(loaded):
         loaded[k] = torch.zeros((), dtype=torch.long)
