@@ -33,3 +33,14 @@ def _offline(monkeypatch):
     """Tests never touch the network: the hub is unreachable here and must be in CI too."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture()
+def single_thread():
+    """Tiny models run faster on one thread (and the CI machine is shared); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

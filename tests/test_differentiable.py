@@ -21,14 +21,7 @@ from conftest import read_jsonl, shared_fixture
 RN50_DATA = Path(__file__).parent / "data" / "clipiqa_rn50"
 MAX_REL = 1e-6  # measured: 0 (bit-exact) on every fixture set; the bound only allows for other BLAS builds
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and the CI machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("mode,resample", [("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)])

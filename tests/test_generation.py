@@ -31,12 +31,7 @@ GEN = {"num_inference_steps": 3, "height": TINY_SIZE, "width": TINY_SIZE}
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv_out")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
