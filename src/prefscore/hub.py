@@ -24,7 +24,7 @@ def is_local(source: str | os.PathLike) -> bool:
 
 def _help(source: str, what: str) -> str:
     return (
-        f"Download it where you have network access (e.g. `huggingface-cli download {source}`) and "
+        f"Download it where you have network access (e.g. `hf download {source}`) and "
         f"copy the hub cache, or put the files ({what}) in a directory and pass it as the model "
         f"(`--model DIR` on the command line, `model=DIR` in Python)."
     )
