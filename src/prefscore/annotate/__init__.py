@@ -10,11 +10,27 @@
 See docs/annotate.md.
 """
 
-from .db import Store, StoreError
-from .export import ExportOptions, export_pairs
-from .inputs import AnnotationInputError, Candidate, MetricColumn, load_candidates
-from .report import leaderboard
-from .scheduling import SchedulerConfig
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .db import Store
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "Store": "db",
+    "StoreError": "db",
+    "ExportOptions": "export",
+    "export_pairs": "export",
+    "AnnotationInputError": "inputs",
+    "Candidate": "inputs",
+    "MetricColumn": "inputs",
+    "load_candidates": "inputs",
+    "leaderboard": "report",
+    "SchedulerConfig": "scheduling",
+})
 
 
 def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False):

@@ -14,7 +14,6 @@ from ..errors import PrefscoreError
 from .db import Store, StoreError
 from .export import AGGREGATES, ExportOptions, export_pairs
 from .inputs import load_candidates
-from .report import leaderboard
 from .scheduling import SchedulerConfig
 
 console = Console(soft_wrap=True)  # links, tokens and paths are never broken across lines
@@ -154,6 +153,8 @@ def list_cmd(db: Path = DB_OPTION) -> None:
 @annotate_app.command("report")
 def report_cmd(db: Path = DB_OPTION, as_json: bool = typer.Option(False, "--json", help="Print the leaderboard data as JSON.")) -> None:
     """The leaderboard in the terminal: generator strengths, metric agreement, annotator agreement."""
+    from .report import leaderboard  # scipy via the evaluation statistics: only when asked
+
     data = leaderboard(_open(db))
     if as_json:
         console.print_json(json.dumps(data))

@@ -17,13 +17,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import PrefscoreError
 from ..images import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESERVED_COLUMNS = {"prompt", "image", "generator", "prompt_id", "error"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq"}
@@ -70,6 +72,7 @@ def metric_direction(column: str) -> bool:
 
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV / TSV / JSONL / Parquet file as a DataFrame, with an error naming the file on failure."""
+    import pandas as pd  # imported when used: the CLI registers this module's commands at start-up
     suffix = path.suffix.lower()
     if not path.is_file():
         raise AnnotationInputError(f"{path}: file not found")
@@ -113,6 +116,8 @@ def candidates_from_table(
     ``prompt, image, generator, prompt_id, error``. Directions come from the prefscore registry
     (higher-is-better for unknown names) unless listed in ``lower_is_better``.
     """
+    import pandas as pd
+
     path = Path(path)
     df = read_table(path)
     missing = [c for c in ("prompt", "image") if c not in df.columns]

@@ -8,9 +8,25 @@
 CLI: ``prefscore bench --dataset hpdv2:/data/HPDv2 --metrics hpsv2,pickscore`` (see docs/bench.md).
 """
 
-from .adapters import DATASETS, BenchSet, DatasetSpec, Item, get_dataset, resolve_path
-from .published import FIGURES, Figure, lookup
-from .runner import BenchConfig, BenchResult, BenchRow, read_score_file, run_bench, score_items
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "DATASETS": "adapters",
+    "BenchSet": "adapters",
+    "DatasetSpec": "adapters",
+    "Item": "adapters",
+    "get_dataset": "adapters",
+    "resolve_path": "adapters",
+    "FIGURES": "published",
+    "Figure": "published",
+    "lookup": "published",
+    "BenchConfig": "runner",
+    "BenchResult": "runner",
+    "BenchRow": "runner",
+    "read_score_file": "runner",
+    "run_bench": "runner",
+    "score_items": "runner",
+})
 
 __all__ = [
     "DATASETS", "FIGURES", "BenchConfig", "BenchResult", "BenchRow", "BenchSet", "DatasetSpec", "Figure", "Item",

@@ -6,20 +6,41 @@
 >>> write_report("report.html", evaluation=result)
 """
 
-from .agreement import EvalConfig, EvaluationResult, choose_tie_threshold, evaluate, inversion_scores, tie_credits
-from .composite import Calibration, CalibrationError, Component, CompositeMetric, Normaliser, calibrate, fit_weights
-from .report import write_report
-from .scores import ScoreLookupError, ScoreTable, compute_scores
-from .stats import BootstrapPlan, Interval, fit_logistic, krcc, paired_test, plcc, srcc
-from .warnings import (
-    Finding,
-    alignment_vs_aesthetic,
-    compare_sets,
-    disagreements,
-    pinned_scores,
-    reward_hacking,
-    run_checks,
-)
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "EvalConfig": "agreement",
+    "EvaluationResult": "agreement",
+    "choose_tie_threshold": "agreement",
+    "evaluate": "agreement",
+    "inversion_scores": "agreement",
+    "tie_credits": "agreement",
+    "Calibration": "composite",
+    "CalibrationError": "composite",
+    "Component": "composite",
+    "CompositeMetric": "composite",
+    "Normaliser": "composite",
+    "calibrate": "composite",
+    "fit_weights": "composite",
+    "write_report": "report",
+    "ScoreLookupError": "scores",
+    "ScoreTable": "scores",
+    "compute_scores": "scores",
+    "BootstrapPlan": "stats",
+    "Interval": "stats",
+    "fit_logistic": "stats",
+    "krcc": "stats",
+    "paired_test": "stats",
+    "plcc": "stats",
+    "srcc": "stats",
+    "Finding": "warnings",
+    "alignment_vs_aesthetic": "warnings",
+    "compare_sets": "warnings",
+    "disagreements": "warnings",
+    "pinned_scores": "warnings",
+    "reward_hacking": "warnings",
+    "run_checks": "warnings",
+})
 
 __all__ = [
     "BootstrapPlan", "Calibration", "CalibrationError", "Component", "CompositeMetric", "EvalConfig",

@@ -9,10 +9,29 @@
 Needs ``diffusers`` and ``peft`` (imported when used). See docs/generation.md.
 """
 
-from .finetune import FinetuneConfig, FinetuneResult, PretrainData, RewardFinetuner, RewardHackingWarning
-from .lora import LoraSettings
-from .rewards import CompositeReward, FunctionReward, MetricReward, Reward, WeightedReward, as_reward, load_reward
-from .sampling import Candidate, PromptResult, Scorer, best_of_n, rejection_sample, write_results
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "FinetuneConfig": "finetune",
+    "FinetuneResult": "finetune",
+    "PretrainData": "finetune",
+    "RewardFinetuner": "finetune",
+    "RewardHackingWarning": "finetune",
+    "LoraSettings": "lora",
+    "CompositeReward": "rewards",
+    "FunctionReward": "rewards",
+    "MetricReward": "rewards",
+    "Reward": "rewards",
+    "WeightedReward": "rewards",
+    "as_reward": "rewards",
+    "load_reward": "rewards",
+    "Candidate": "sampling",
+    "PromptResult": "sampling",
+    "Scorer": "sampling",
+    "best_of_n": "sampling",
+    "rejection_sample": "sampling",
+    "write_results": "sampling",
+})
 
 __all__ = [
     "Candidate", "CompositeReward", "FinetuneConfig", "FinetuneResult", "FunctionReward", "LoraSettings",

@@ -7,8 +7,14 @@
 The result is a model directory that ``prefscore.load(<dir>)`` scores with (metric ``custom``).
 """
 
-from .finetune import FinetuneConfig
-from .heads import HeadConfig
-from .trainer import TrainConfig, TrainResult, train
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "FinetuneConfig": "finetune",
+    "HeadConfig": "heads",
+    "TrainConfig": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
+})
 
 __all__ = ["FinetuneConfig", "HeadConfig", "TrainConfig", "TrainResult", "train"]
