@@ -272,3 +272,40 @@ def test_cli_engine_options(laion, tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 5  # five distinct contents among ten files
     bad = runner.invoke(app, args[:-2] + ["--autocast", "int4", "-o", str(tmp_path / "x.csv")])
     assert bad.exit_code == 2 and "autocast" in bad.output
+
+
+def test_decode_workers_run_at_idle_priority_and_the_caller_steals_unstarted_images(laion, monkeypatch):
+    """CPU models: decode threads run under SCHED_IDLE (never preempting the forward's threads);
+    images of the due batch that no worker has started are decoded by the calling thread.
+    The scores are those of a plain sequential run."""
+    v2, _, cases, items = laion
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.fail("this test checks Linux thread scheduling (os.SCHED_IDLE)", pytrace=False)
+    items = items[:4]
+    main = threading.get_ident()
+    seen: dict[int, tuple[bool, int]] = {}
+    stolen = threading.Event()
+    original = v2.preprocess
+
+    def recording(image, name):
+        on_main = threading.get_ident() == main
+        seen[items.index(name)] = (on_main, os.sched_getscheduler(0))
+        if not on_main:  # hold the worker on its first image until the caller has taken the others
+            stolen.wait(10)
+        elif sum(m for m, _ in seen.values()) == 3:
+            stolen.set()
+        return original(image, name)
+
+    monkeypatch.setattr(v2, "preprocess", recording)
+    scores, errors = Engine({"a": v2}, EngineOptions(batch_size=4, workers=1)).score(items)
+    assert errors == [] and sorted(seen) == [0, 1, 2, 3]
+    assert sum(on_main for on_main, _ in seen.values()) >= 3  # at most the image the worker had begun
+    assert all(policy == os.SCHED_IDLE for on_main, policy in seen.values() if not on_main)
+    assert all(policy != os.SCHED_IDLE for on_main, policy in seen.values() if on_main)
+    expected = [c["score_mlp"] for c in cases[:4]]
+    np.testing.assert_allclose(scores["a"][:, 0], expected, rtol=1e-5, atol=1e-4)
+
+    seen.clear()
+    stolen.set()
+    Engine({"a": v2}, EngineOptions(batch_size=1, workers=1, prefetch=3, idle_priority=False)).score(items)
+    assert all(policy != os.SCHED_IDLE for _, policy in seen.values())  # opted out: normal priority

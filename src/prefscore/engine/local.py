@@ -5,7 +5,12 @@ Pipeline, for any number of metrics at once:
 1. **Decode + preprocess in worker threads** (Pillow and numpy release the GIL), at most
    ``prefetch`` batches ahead of the forward pass, so memory stays bounded whatever N is and
    decoding overlaps with the model. Each image is decoded once for all metrics; metrics whose
-   ``preprocess_key()`` is equal get the same tensor (computed once).
+   ``preprocess_key()`` is equal get the same tensor (computed once). When a batch is due and
+   some of its images have not been started yet, the calling thread decodes them itself (work
+   stealing) instead of waiting. When every model runs on the CPU, the workers run at idle CPU
+   priority (Linux ``SCHED_IDLE``): they use the cycles the forward pass leaves free and never
+   preempt its threads (oversubscribed cores slow a multi-threaded forward more than decoding
+   costs), and the stealing caller decodes at normal priority, so a busy machine cannot starve them.
 2. **Forward**, one batch at a time in input order: tensors of one preprocessing are stacked per
    shape (full-resolution metrics see mixed sizes; nothing is padded or resized beyond the
    reference pipeline), pinned and copied ``non_blocking`` on CUDA, and passed to each metric.
@@ -47,6 +52,8 @@ class EngineOptions:
 
     ``batch_size``: images per forward (None: the smallest ``default_batch_size`` of the metrics).
     ``workers``: decode threads (None: ``min(8, cpu_count)``; 0: decode in the calling thread).
+    ``idle_priority``: run the decode threads at idle CPU priority (None: when every model is on
+    the CPU, where they compete with the forward pass for cores; Linux only, elsewhere ignored).
     ``prefetch``: batches decoded ahead of the forward pass (bounds memory to about
     ``(prefetch + 1) * batch_size`` decoded images). ``autocast``: None/"fp32" (parity default),
     "bf16" or "fp16" for the image towers (heads stay fp32). ``compile``: ``torch.compile`` the
@@ -63,6 +70,7 @@ class EngineOptions:
     share: bool = True
     cache: str | Path | None = None
     pin_memory: bool = True
+    idle_priority: bool | None = None
 
     def __post_init__(self) -> None:
         autocast_dtype(self.autocast)  # validate early
@@ -116,6 +124,14 @@ class _Prepared:
     tensors: dict[int, torch.Tensor] = field(default_factory=dict)
     unit_errors: dict[int, str] = field(default_factory=dict)
     error: str | None = None
+
+
+def _idle_priority() -> None:
+    """Thread initializer: this thread runs only on CPU time nothing else wants (Linux SCHED_IDLE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0 = the calling thread on Linux
+    except (AttributeError, OSError):  # not Linux, or refused: normal priority
+        pass
 
 
 def _own_batching(metric: Metric) -> bool:
@@ -172,7 +188,11 @@ class Engine:
                 raise ValueError(f"metric '{name}' needs a prompt per item")
         with self._towers():
             workers = self.options.resolved_workers()
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="prefscore-decode") if workers > 0 else None
+            idle = self.options.idle_priority
+            if idle is None:
+                idle = all(m.device.type == "cpu" for m in self.metrics.values())
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="prefscore-decode",
+                                      initializer=_idle_priority if idle else None) if workers > 0 else None
             try:
                 yield from self._batches(items, prompts, pool)
             finally:
@@ -234,6 +254,12 @@ class Engine:
             while starts and len(pending) <= (self.options.prefetch if pool is not None else 0):
                 submit()
             start, futures = pending.popleft()
+            # work stealing: the images of this batch no worker has started are decoded here, last first
+            # (the workers take them from the front), rather than waited for
+            for k in reversed(range(len(futures))):
+                f = futures[k]
+                if isinstance(f, Future) and f.cancel():
+                    futures[k] = self._prepare(start + k, items[start + k])
             prepared = [f.result() if isinstance(f, Future) else f for f in futures]
             yield self._forward(prepared, items, prompts)
 
