@@ -112,3 +112,34 @@ def test_cli_ray_engine_folder_to_parquet_then_resume(tmp_path, laion):
     assert summary["rows"] == 5 and summary["failed"] == 1
     added = [r for r in pq.read_table(out).to_pylist() if r["image"].endswith("tiny.png")]
     assert len(added) == 1 and added[0]["laion-aesthetic"] == pytest.approx(cases["tiny.png"]["score_mlp"], rel=1e-5, abs=1e-4)
+
+
+def test_cli_ray_engine_reads_a_prompts_file(tmp_path):
+    """--prompts FILE with --engine ray: per-image prompts (two different ones), an image the file
+    does not list becomes an error row, and without PATHS the file's images are the source."""
+    root = shared_fixture("pickscore")
+    cases = read_jsonl(root / "cases.jsonl")[:2]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("landscape.png", "large.jpg", "gray.png"):
+        (folder / name).write_bytes((root / "images" / name).read_bytes())
+    expect = {"landscape.png": (cases[0]["prompt"], cases[0]["scores"][cases[0]["images"].index("images/landscape.png")]),
+              "large.jpg": (cases[1]["prompt"], cases[1]["scores"][cases[1]["images"].index("images/large.jpg")])}
+    import pandas as pd
+
+    pd.DataFrame({"image": [f"imgs/{n}" for n in expect], "prompt": [p for p, _ in expect.values()]}).to_csv(tmp_path / "prompts.csv", index=False)
+    base = ["score", "-m", "pickscore", "--model", str(root / "model"), "--prompts", str(tmp_path / "prompts.csv"),
+            "--engine", "ray", "--batch-size", "2", "--workers", "1"]
+    result = runner.invoke(app, base[:1] + [str(folder)] + base[1:] + ["-o", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    rows = {os.path.basename(r["image"]): r for r in pq.read_table(tmp_path / "a").to_pylist()}
+    assert set(rows) == {"landscape.png", "large.jpg", "gray.png"}
+    for name, (prompt, score) in expect.items():
+        assert rows[name]["prompt"] == prompt and rows[name]["error"] is None
+        assert rows[name]["pickscore"] == pytest.approx(score, abs=2e-4)
+    assert rows["gray.png"]["error"] == "no prompt for this image" and np.isnan(rows["gray.png"]["pickscore"])
+
+    listed = runner.invoke(app, base + ["-o", str(tmp_path / "b")])  # no PATHS: score what the file lists
+    assert listed.exit_code == 0, listed.output
+    rows = {os.path.basename(r["image"]): r for r in pq.read_table(tmp_path / "b").to_pylist()}
+    assert set(rows) == set(expect) and all(rows[n]["pickscore"] == pytest.approx(s, abs=2e-4) for n, (_, s) in expect.items())

@@ -149,6 +149,9 @@ def read_prompt_file(path: Path) -> dict[str, str]:
     for row_number, (image, prompt) in enumerate(zip(table["image"], table["prompt"]), start=2 if suffix == ".csv" else 1):
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError(f"{path}: row {row_number} ({image}): missing prompt")
+        if "://" in str(image):  # a URL (Ray engine sources): matched as written
+            out[str(image)] = prompt
+            continue
         image_path = Path(str(image))
         if not image_path.is_absolute():
             image_path = path.parent / image_path

@@ -39,7 +39,9 @@ class RayScoreConfig:
     """What to score and how the actor pool runs.
 
     ``metrics``: registry names; ``models``: name -> model source (hub id or a directory every
-    node can read); ``options``: name -> metric options. ``prompt``: one prompt for every image,
+    node can read); ``options``: name -> metric options. ``prompt``: one prompt for every image;
+    ``prompts``: image name -> prompt (what ``--prompts FILE`` gives: local paths are matched after
+    resolving them, URLs as written; a Parquet source's name is its path column or name column);
     else prompts come from ``prompt_column`` (Parquet; WebDataset default ``txt``).
     ``image_column``: Parquet column holding image bytes or paths. ``kind``: ``auto`` (by suffix:
     ``.parquet`` -> parquet, ``.tar`` -> webdataset, else a folder of images), ``folder``,
@@ -52,6 +54,7 @@ class RayScoreConfig:
     models: dict[str, str | None] = field(default_factory=dict)
     options: dict[str, dict] = field(default_factory=dict)
     prompt: str | None = None
+    prompts: dict[str, str] | None = None
     prompt_column: str | None = None
     image_column: str = "image"
     kind: str = "auto"
@@ -69,6 +72,16 @@ class RayScoreConfig:
             raise ValueError("give at least one metric")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.prompt is not None and self.prompts is not None:
+            raise ValueError("give prompt (one for all images) or prompts (per image), not both")
+        if self.prompts is not None:
+            self.prompts = {image_key(k): v for k, v in self.prompts.items()}
+
+
+def image_key(name: str) -> str:
+    """How image names are matched against a prompts mapping: URLs as written, local paths resolved."""
+    name = str(name)
+    return name if "://" in name else str(Path(name).resolve())
 
 
 def _require_ray():
@@ -192,6 +205,7 @@ class ScoreActor:
         from .local import Engine
 
         self.prompt = config["prompt"]
+        self.prompt_map = config.get("prompts")
         device = "cuda" if config["num_gpus"] > 0 and torch.cuda.is_available() else "cpu"
         self.metrics = {n: load(n, model=config["models"].get(n), device=device, dtype=config["dtype"],
                                 **config["options"].get(n, {})) for n in config["metrics"]}
@@ -203,8 +217,14 @@ class ScoreActor:
         names = [str(x) for x in batch["image"]]
         n = len(names)
         items = [bytes(d) if d is not None and len(d) else names[i] for i, d in enumerate(batch["data"])]
-        prompts = [self.prompt] * n if self.prompt is not None else (
-            [p if isinstance(p, str) else None for p in batch["prompt"]] if "prompt" in batch else [None] * n)
+        if self.prompt is not None:
+            prompts = [self.prompt] * n
+        elif self.prompt_map is not None:
+            prompts = [self.prompt_map.get(image_key(name)) for name in names]
+        elif "prompt" in batch:
+            prompts = [p if isinstance(p, str) else None for p in batch["prompt"]]
+        else:
+            prompts = [None] * n
         errors: list[str | None] = [None] * n
         ok = list(range(n))
         if self.needs_prompt:
@@ -213,7 +233,7 @@ class ScoreActor:
                 errors[i] = "no prompt for this image"
         scores, errs = self.engine.score([items[i] for i in ok], [prompts[i] for i in ok] if self.needs_prompt else None)
         out: dict[str, np.ndarray] = {"image": np.asarray(names, dtype=object)}
-        if self.needs_prompt or self.prompt is not None or "prompt" in batch:
+        if self.needs_prompt or self.prompt is not None or self.prompt_map is not None or "prompt" in batch:
             out["prompt"] = np.asarray(prompts, dtype=object)
         for name, cols in self.columns.items():
             full = np.full((n, len(cols)), np.nan)
@@ -235,7 +255,7 @@ def scored_dataset(sources: Sequence[str | os.PathLike], config: RayScoreConfig,
 
 def _score(ds, config: RayScoreConfig):
     actor_config = {"metrics": list(config.metrics), "models": dict(config.models), "options": dict(config.options),
-                    "prompt": config.prompt, "dtype": config.dtype, "num_gpus": config.num_gpus,
+                    "prompt": config.prompt, "prompts": config.prompts, "dtype": config.dtype, "num_gpus": config.num_gpus,
                     "engine": {**asdict(config.engine), "batch_size": config.batch_size}}
     import ray.data
 
@@ -288,12 +308,18 @@ def run_from_cli(sources: list[str], output, metrics: list[str], models: dict, o
         raise ValueError("--engine ray writes a folder of Parquet files: give --output DIR")
     if str(output).endswith((".jsonl", ".json", ".csv")):
         raise ValueError(f"--engine ray writes Parquet files into a folder, not {output}")
+    prompt_map = None
     if prompts_file is not None:
-        raise ValueError("--engine ray reads prompts from the data: use a Parquet source with a prompt column "
-                         "(--prompt-column) or WebDataset .txt entries, or --prompt for one prompt")
+        from ..scoring import read_prompt_file
+
+        prompt_map = read_prompt_file(Path(prompts_file))
+        if not sources:  # score the images the file lists
+            sources = sorted(prompt_map)
     if not sources:
-        raise ValueError("no sources: give folders, Parquet files or WebDataset shards (PATHS or --source URL)")
+        raise ValueError("no sources: give folders, Parquet files or WebDataset shards (PATHS or --source URL), "
+                         "or a --prompts file listing the images")
     config = RayScoreConfig(metrics=metrics, models={m: models.get(m) for m in metrics}, options=options, prompt=prompt,
+                            prompts=prompt_map,
                             prompt_column=prompt_column, image_column=image_column, concurrency=concurrency,
                             num_gpus=gpus_per_actor, batch_size=engine_options.batch_size or 16, dtype=dtype,
                             engine=engine_options)
