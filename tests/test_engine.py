@@ -309,3 +309,31 @@ def test_decode_workers_run_at_idle_priority_and_the_caller_steals_unstarted_ima
     stolen.set()
     Engine({"a": v2}, EngineOptions(batch_size=1, workers=1, prefetch=3, idle_priority=False)).score(items)
     assert all(policy != os.SCHED_IDLE for _, policy in seen.values())  # opted out: normal priority
+
+
+def test_an_image_held_by_a_starved_decode_worker_is_decoded_by_the_caller(laion, monkeypatch):
+    """An idle-priority worker on a saturated machine may not run for seconds: the caller does not
+    wait for it beyond a few decode times, decodes that image itself, and drops the worker's copy."""
+    v2, _, cases, items = laion
+    items = items[:3]
+    main = threading.get_ident()
+    by_main: list[int] = []
+    release = threading.Event()
+    original = v2.preprocess
+
+    def starving(image, name):
+        if threading.get_ident() == main:
+            by_main.append(items.index(name))
+        else:
+            release.wait(10)  # a starved worker: it finishes only after the job
+        return original(image, name)
+
+    monkeypatch.setattr(v2, "preprocess", starving)
+    t = time.perf_counter()
+    try:
+        scores, errors = Engine({"a": v2}, EngineOptions(batch_size=3, workers=1, idle_priority=True)).score(items)
+    finally:
+        release.set()
+    assert time.perf_counter() - t < 5
+    assert errors == [] and sorted(by_main) == [0, 1, 2]
+    np.testing.assert_allclose(scores["a"][:, 0], [c["score_mlp"] for c in cases[:3]], rtol=1e-5, atol=1e-4)
