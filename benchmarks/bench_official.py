@@ -14,10 +14,13 @@ score difference (the same weights go through both, so the numbers must agree):
   tensors (decoding, which torchmetrics leaves to the caller, is timed too), with torchmetrics from
   ``--torchmetrics-site`` (``pip install --target DIR torchmetrics``) so prefscore's env is untouched.
 
-ImageReward's package (``image-reward``) cannot be installed here (its pinned ``fairscale`` /
-``timm==0.6.13`` do not build against current torch); see RESULTS.md.
+* ImageReward: the package's README (``ImageReward.load`` + ``inference_rank``, images encoded one
+  at a time) on a real-size random checkpoint (BLIP ViT-L/16 + BERT-base; built by the package
+  itself), official environment with ``--imagereward-path`` (transformers 4.40 / timm 0.6.13, the
+  package's pins, installed with ``pip --target``) in front; run once, not per ``--archs`` entry.
 
 usage: python benchmarks/bench_official.py [--archs ViT-B-32 ViT-L-14] [--official-python /tmp/bench-venv/bin/python]
+                                           [--imagereward-n 6 | 0 to leave it out] [--rounds R] [--metrics NAME ...]
 """
 
 from __future__ import annotations
@@ -124,18 +127,22 @@ def clipiqa_torchmetrics(model_dir: Path, images, batch: int, site: str, rounds:
     return best, np.asarray(scores)
 
 
-def official(kind: str, model_dir: Path, arch: str, images, python: str) -> tuple[float, np.ndarray, str]:
+def official(kind: str, model_dir: Path, arch: str, images, python: str, path: str | None = None) -> tuple[float, np.ndarray, str]:
     res = common.run_json([python, str(Path(__file__).parent / "official_runner.py"), kind, str(model_dir), arch, PROMPT,
-                           *map(str, images)])
+                           *map(str, images)], env={"PYTHONPATH": path} if path else None)
     return res["per_image_s"], np.asarray(res["scores"]), res["torch"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--archs", nargs="+", default=["ViT-B-32", "ViT-L-14"])
+    ap.add_argument("--archs", nargs="*", default=["ViT-B-32", "ViT-L-14"])
     ap.add_argument("--n", type=int, nargs="+", default=[32, 12], help="images per arch")
     ap.add_argument("--official-python", default="/tmp/bench-venv/bin/python")
     ap.add_argument("--torchmetrics-site", default="/tmp/tm-site")
+    ap.add_argument("--imagereward-path", default="/tmp/ir-site", help="PYTHONPATH with image-reward's transformers/timm pins")
+    ap.add_argument("--imagereward-n", type=int, default=6, help="images for the ImageReward comparison (0: skip it)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved (ours, official) rounds per case")
+    ap.add_argument("--metrics", nargs="*", default=None, help="only these cases (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,7 +150,17 @@ def main() -> None:
 
     print(common.machine())
     rows = []
-    for arch, n in zip(args.archs, args.n):
+    runs = list(zip(args.archs, args.n))
+    if args.imagereward_n:
+        runs.append(("BLIP ViT-L/16", args.imagereward_n))
+    for arch, n in runs:
+        if arch == "BLIP ViT-L/16":
+            ir_dir = common.imagereward_dir(args.official_python, args.imagereward_path)
+            images = common.make_images(n)
+            compare(rows, arch, n, [("imagereward", lambda: prefscore.load("imagereward", model=ir_dir), PROMPT,
+                                      lambda: official("imagereward", ir_dir, arch, images, args.official_python, args.imagereward_path),
+                                      "README inference_rank loop")], images, args.rounds, args.metrics)
+            continue
         dirs = common.model_dirs(arch)
         images = common.make_images(n)
         bs = 16
@@ -157,21 +174,38 @@ def main() -> None:
             ("clip-iqa", lambda: prefscore.load("clip-iqa", model=dirs["hf"]), None,
              lambda: (*clipiqa_torchmetrics(dirs["hf"], images, bs, args.torchmetrics_site), "ours"), "torchmetrics (batch 16)"),
         ]
-        for name, load, prompt, run_official, label in cases:
-            metric = load()
-            t_ours, s_ours = ours(metric, images, prompt)
-            t_off, s_off, off_torch = run_official()
-            t_ours2, _ = ours(metric, images, prompt)  # interleaved: ours, official, ours
-            t_ours = min(t_ours, t_ours2)
-            del metric
-            row = {"arch": arch, "metric": name, "official": label, "n": n, "ours_img_s": 1 / t_ours, "official_img_s": 1 / t_off,
-                   "speedup": t_off / t_ours, "max_abs_diff": float(np.max(np.abs(s_ours - s_off))),
-                   "official_torch": off_torch}
-            rows.append(row)
-            print(f"{arch:9s} {name:16s} ours {row['ours_img_s']:7.2f} img/s | {label:28s} {row['official_img_s']:7.2f} img/s | "
-                  f"x{row['speedup']:.2f} | max |diff| {row['max_abs_diff']:.2e}", flush=True)
+        compare(rows, arch, n, cases, images, args.rounds, args.metrics)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def compare(rows: list, arch: str, n: int, cases: list, images, rounds: int, only: list[str] | None) -> None:
+    """Per case: ``rounds`` x (ours, official), then ours once more; the speed-up is the median of the
+    per-round ratios (official time / the mean of the ours runs on either side of it), which cancels
+    the machine's drift between rounds; its range over rounds is printed with it."""
+    import statistics
+
+    for name, load, prompt, run_official, label in cases:
+        if only and name not in only:
+            continue
+        metric = load()
+        t_ours, s_ours = ours(metric, images, prompt)
+        ours_t, off_t, ratios = [t_ours], [], []
+        for _ in range(rounds):
+            t_off, s_off, off_torch = run_official()
+            t_next, _ = ours(metric, images, prompt)
+            ratios.append(t_off / ((ours_t[-1] + t_next) / 2))
+            ours_t.append(t_next)
+            off_t.append(t_off)
+        del metric
+        row = {"arch": arch, "metric": name, "official": label, "n": n, "rounds": rounds,
+               "ours_img_s": 1 / statistics.median(ours_t), "official_img_s": 1 / statistics.median(off_t),
+               "speedup": statistics.median(ratios), "speedup_range": [min(ratios), max(ratios)],
+               "max_abs_diff": float(np.max(np.abs(s_ours - s_off))), "official_torch": off_torch}
+        rows.append(row)
+        spread = f" (rounds {min(ratios):.2f}-{max(ratios):.2f})" if rounds > 1 else ""
+        print(f"{arch:9s} {name:16s} ours {row['ours_img_s']:7.2f} img/s | {label:28s} {row['official_img_s']:7.2f} img/s | "
+              f"x{row['speedup']:.2f}{spread} | max |diff| {row['max_abs_diff']:.2e}", flush=True)
 
 
 if __name__ == "__main__":

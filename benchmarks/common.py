@@ -145,6 +145,32 @@ def model_dirs(arch_name: str) -> dict[str, Path]:
     return dirs
 
 
+#: ImageReward's text config (BLIP "med" BERT-base with cross-attention to ViT-L's 1024-wide tokens),
+#: the fields of ``THUDM/ImageReward``'s ``med_config.json``
+IMAGEREWARD_MED_CONFIG = {
+    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12, "num_hidden_layers": 12,
+    "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30524, "encoder_width": 1024, "add_cross_attention": True,
+}
+
+
+def imagereward_dir(official_python: str, official_path: str) -> Path:
+    """A real-size random ImageReward model directory (``ImageReward.pt`` built and saved by the
+    official package itself in its environment, ``med_config.json``, the bert-base-uncased vocabulary
+    from the fixture), created once."""
+    root = BENCH_DIR / "models" / "imagereward"
+    if (root / "done").is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "med_config.json").write_text(json.dumps(IMAGEREWARD_MED_CONFIG, indent=1))
+    shutil.copytree(SHARED / "fixtures" / "imagereward" / "model" / "tokenizer", root / "tokenizer", dirs_exist_ok=True)
+    run_json([official_python, str(Path(__file__).parent / "official_runner.py"), "imagereward-make", str(root)],
+             env={"PYTHONPATH": official_path} if official_path else None)
+    (root / "done").write_text("ok")
+    return root
+
+
 def make_images(n: int, size: tuple[int, int] = (1024, 768), distinct: int = 16, folder: str | None = None) -> list[Path]:
     """``n`` JPEG files of ``size`` (``distinct`` different photos-like images, the rest copies)."""
     from PIL import Image, ImageFilter

@@ -1,11 +1,13 @@
 """Runs an official implementation's scoring loop, as its README / script does, on given images.
 
 Executed with the *official* environment (``/tmp/bench-venv``: torch + torchvision + the official
-packages ``clip-anytorch`` and ``hpsv2``), never imported by prefscore. Prints one JSON line:
+packages ``clip-anytorch``, ``hpsv2`` and ``image-reward``, the last with its own older
+transformers / timm on ``PYTHONPATH``, see RESULTS.md), never imported by prefscore. Prints one JSON line:
 ``{"per_image_s", "scores"}``; ``per_image_s`` is ``(t(N) - t(1)) / (N - 1)``, which removes the
 fixed cost each call pays (HPSv2's ``score`` reloads its checkpoint on every call).
 
-usage: python official_runner.py laion|hps <model_dir> <arch> <prompt> <image>...
+usage: python official_runner.py laion|hps|imagereward <model_dir> <arch> <prompt> <image>...
+       python official_runner.py imagereward-make <model_dir>   (a random ImageReward.pt of the real size)
 """
 
 from __future__ import annotations
@@ -81,10 +83,58 @@ def hps(model_dir: str, arch: str, prompt: str, images: list[str]):
     return run
 
 
+def _import_imagereward(model_dir: str):
+    """``import ImageReward`` as its README does, with two offline adjustments that change no number:
+    its training module ``ReFL`` (imported by the package's ``__init__``; needs diffusers, datasets,
+    accelerate) is left out, and BLIP's ``BertTokenizer.from_pretrained('bert-base-uncased')`` reads
+    the same vocabulary from ``<model_dir>/tokenizer`` (no hub here)."""
+    import types
+
+    import transformers
+
+    sys.modules["ImageReward.ReFL"] = types.ModuleType("ImageReward.ReFL")
+    original = transformers.BertTokenizer.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        return original(cls, f"{model_dir}/tokenizer" if name == "bert-base-uncased" else name, *args, **kwargs)
+
+    transformers.BertTokenizer.from_pretrained = classmethod(from_pretrained)
+    import ImageReward
+
+    return ImageReward
+
+
+def imagereward_make(model_dir: str) -> None:
+    """A real-size ImageReward checkpoint (BLIP ViT-L/16 + BERT-base med encoder + MLP) with the
+    package's own random initialisation: the package builds the model, ``torch.save`` its state dict."""
+    rm = _import_imagereward(model_dir)
+    torch.manual_seed(0)
+    model = rm.ImageReward(med_config=f"{model_dir}/med_config.json", device="cpu")
+    torch.save(model.state_dict(), f"{model_dir}/ImageReward.pt")
+    print(json.dumps({"params": sum(p.numel() for p in model.parameters())}))
+
+
+def imagereward(model_dir: str, arch: str, prompt: str, images: list[str]):
+    """The ImageReward README: ``RM.load(...)`` then ``model.inference_rank(prompt, paths)`` (it
+    encodes the images one at a time)."""
+    rm = _import_imagereward(model_dir)
+    model = rm.load(f"{model_dir}/ImageReward.pt", device="cpu", med_config=f"{model_dir}/med_config.json")
+
+    def run(paths):
+        with torch.no_grad():
+            _, rewards = model.inference_rank(prompt, list(paths))
+        return [float(r) for r in rewards] if isinstance(rewards, list) else [float(rewards)]  # one image: a float
+
+    return run
+
+
 def main() -> None:
+    if sys.argv[1] == "imagereward-make":
+        imagereward_make(sys.argv[2])
+        return
     kind, model_dir, arch, prompt, *images = sys.argv[1:]
     torch.manual_seed(0)
-    run = {"laion": laion, "hps": hps}[kind](model_dir, arch, prompt, images)
+    run = {"laion": laion, "hps": hps, "imagereward": imagereward}[kind](model_dir, arch, prompt, images)
     run(images[:2])  # warm-up
     t = time.perf_counter()
     run(images[:1])
