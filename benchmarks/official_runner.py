@@ -105,11 +105,25 @@ def _import_imagereward(model_dir: str):
 
 
 def imagereward_make(model_dir: str) -> None:
-    """A real-size ImageReward checkpoint (BLIP ViT-L/16 + BERT-base med encoder + MLP) with the
-    package's own random initialisation: the package builds the model, ``torch.save`` its state dict."""
+    """A real-size ImageReward checkpoint (BLIP ViT-L/16 + BERT-base med encoder + MLP): the package
+    builds the model and ``torch.save`` writes its state dict. Every parameter is redrawn from one
+    seeded generator first (the package's own initialisation gives the same reward for every image,
+    which would make the score comparison empty): matrices ~ N(0, 1/fan_in), embeddings N(0, 0.02),
+    norm scales 1 + N(0, 0.1), biases N(0, 0.02)."""
     rm = _import_imagereward(model_dir)
-    torch.manual_seed(0)
     model = rm.ImageReward(med_config=f"{model_dir}/med_config.json", device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "embed" in name or "cls_token" in name:
+                p.copy_(noise * 0.02)
+            elif p.dim() >= 2:
+                p.copy_(noise * (p[0].numel() ** -0.5))
+            elif "norm" in name.lower() and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.02 * noise)
     torch.save(model.state_dict(), f"{model_dir}/ImageReward.pt")
     print(json.dumps({"params": sum(p.numel() for p in model.parameters())}))
 
