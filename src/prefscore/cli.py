@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import List, Optional
 
@@ -43,12 +44,28 @@ def _range(spec) -> str:
     return f"[{f(lo)}, {f(hi)}]"
 
 
+# Below this many columns the six-column table wraps every header into fragments: print one block per metric.
+WIDE_TABLE_COLUMNS = 120
+
+
 @app.command("metrics")
 def metrics_cmd(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
     """List the metrics: inputs, range, direction, default weights and their licence, strength and caveat."""
     specs = list_metrics()
     if as_json:
         console.print_json(json.dumps([s.as_dict() for s in specs]))
+        return
+    if console.width < WIDE_TABLE_COLUMNS:
+        wrap = lambda text, first="  ": textwrap.fill(text, console.width - 1, initial_indent=first,  # noqa: E731
+                                                      subsequent_indent="      ", break_on_hyphens=False)
+        for s in specs:
+            better = "higher" if s.higher_is_better else "lower"
+            console.print(f"[bold]{s.name}[/bold]", highlight=False)
+            for line in (f"{s.inputs}; range {_range(s)}, typically {s.typical}; {better} is better",
+                         f"weights: {s.default_model}", f"licence: {s.weights_license}",
+                         f"+ {s.strength}", f"- {s.caveat}"):
+                console.print(wrap(line), highlight=False, markup=False, soft_wrap=True)
+            console.print()
         return
     table = Table(title="prefscore metrics", show_lines=True)
     table.add_column("name", no_wrap=True, style="bold")

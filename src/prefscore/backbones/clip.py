@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -62,6 +64,14 @@ OPENAI_ARCH = ClipArch(act="quick_gelu")
 OPEN_CLIP_VIT_H_14 = ClipArch(vision_head_width=80, text_head_width=64, act="gelu")
 
 
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive: a zip whose records include ``<archive>/constants.pkl`` (as torch checks)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat ``{name: tensor}`` dict.
 
@@ -73,16 +83,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except RuntimeError as exc:
-        if "jit" not in str(exc).lower() and "torchscript" not in str(exc).lower():
-            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
-        obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception as exc:  # pickle errors, truncated zip, ...
+    if _is_torchscript(path):  # OpenAI's released .pt files: read directly, without torch.load's warning
         try:
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
+            with warnings.catch_warnings():  # the published files are TorchScript: nothing for a user to act on
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read TorchScript checkpoint: {exc}") from None
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated zip, code objects refused by weights_only, ...
             raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "params"):
