@@ -1,0 +1,118 @@
+"""Issue 16 part B: nothing lost, nothing run that shouldn't be.
+
+Intervals and p-values never claim more certainty than the resampling units support; user-supplied
+files never run code when loaded; judgement files reject self-pairs and report duplicates; corrupt
+model files and missing models give messages, not tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from prefscore.evaluation import EvalConfig, evaluate, min_units, p_value_floor, paired_test
+
+
+# -- 6. too few resampling units -------------------------------------------------------------------
+
+
+def _pairs(path, prompts, n_per_prompt, seed=0, noise=0.8):
+    """Pairs with inline scores ``good`` (mostly right) and ``bad`` (mostly wrong); the first pair of each
+    prompt is ordered right by ``good`` and wrong by ``bad``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in prompts:
+        for k in range(n_per_prompt):
+            g = rng.normal(size=2)
+            noisy = g + (noise * rng.normal(size=2) if k else 0.0)
+            rows.append({"prompt": p, "image_a": f"{p}-{k}-a.png", "image_b": f"{p}-{k}-b.png",
+                         "label": "a" if g[0] > g[1] else "b", "good_a": noisy[0], "good_b": noisy[1],
+                         "bad_a": -noisy[0], "bad_b": -noisy[1]})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_min_units_rule():
+    # the fewest G with 2^(1-G) <= 1 - level: 5 at 90%, 6 at 95%, 8 at 99%
+    assert min_units(0.95) == 6 and min_units(0.99) == 8 and min_units(0.9) == 5 and min_units(0.5) == 2
+    assert p_value_floor(1) == 1.0 and p_value_floor(6) == pytest.approx(1 / 32)
+    # all 50 replicates favour a, but 3 units cannot support p < 0.25
+    t = paired_test(1.0, 0.0, np.ones(50), np.zeros(50), n_units=3)
+    assert t.p_value == pytest.approx(0.25)
+
+
+def test_one_prompt_two_pairs_gives_no_interval_and_no_p_value(tmp_path):
+    path = _pairs(tmp_path / "one.csv", ["a fox"], 2, noise=0.0)
+    res = evaluate(path, score_columns=["good", "bad"], config=EvalConfig(n_boot=500))
+    acc = res.get("good", "accuracy")
+    assert acc.estimate == 1.0 and math.isnan(acc.low) and math.isnan(acc.high)
+    row = res.table[(res.table.metric == "good") & (res.table.statistic == "accuracy")].iloc[0]
+    assert row.units == 1 and row.resampled == "" and row.resampled_units == 0
+    t = res.tests[res.tests.statistic == "accuracy"].iloc[0]
+    assert t.difference == 1.0 and math.isnan(t.p_value) and math.isnan(t.low)
+    assert res.settings["resampling"]["resampled"] is None
+    assert any("no bootstrap intervals or p-values: only 1 prompt, fewer than 6; only 2 records" in n for n in res.notes)
+    d = res.to_dict()
+    assert d["tests"][0]["p_value"] is None and d["agreement"][0]["low"] is None
+
+
+def test_one_prompt_many_pairs_falls_back_to_records_and_says_so(tmp_path):
+    path = _pairs(tmp_path / "one.csv", ["a fox"], 40)
+    res = evaluate(path, score_columns=["good", "bad"], config=EvalConfig(n_boot=300))
+    acc = res.get("good", "accuracy")
+    assert acc.low < acc.high  # records resampled: a real, non-degenerate interval
+    row = res.table[(res.table.metric == "good") & (res.table.statistic == "accuracy")].iloc[0]
+    assert row.units == 1 and row.resampled == "record" and row.resampled_units == 40
+    t = res.tests[res.tests.statistic == "accuracy"].iloc[0]
+    assert t.resampled == "record" and t.p_value >= p_value_floor(40)
+    assert res.settings["resampling"]["fallback"] is True
+    assert any(n.startswith("bootstrap intervals and p-values resample records, not prompts: only 1 prompt") for n in res.notes)
+
+
+def test_enough_prompts_resample_prompts(tmp_path):
+    path = _pairs(tmp_path / "many.csv", [f"p{i}" for i in range(8)], 3)
+    res = evaluate(path, score_columns=["good", "bad"], config=EvalConfig(n_boot=300))
+    row = res.table[(res.table.metric == "good") & (res.table.statistic == "accuracy")].iloc[0]
+    assert row.resampled == "prompt" and row.resampled_units == 8
+    t = res.tests[res.tests.statistic == "accuracy"].iloc[0]
+    assert t.p_value >= p_value_floor(8)  # 8 prompts all favouring "good": p = 2^-7, not 2/(B+1)
+    assert t.p_value == pytest.approx(p_value_floor(8))
+
+
+def test_cli_and_report_say_not_available(tmp_path):
+    from prefscore.cli import app
+
+    path = _pairs(tmp_path / "one.csv", ["a fox"], 2, noise=0.0)
+    out = tmp_path / "res"
+    r = CliRunner().invoke(app, ["evaluate", str(path), "-c", "good,bad", "-o", str(out), "--bootstrap", "200"])
+    assert r.exit_code == 0, r.output
+    assert "CI n/a" in r.output and "n/a" in r.output and "0.0020" not in r.output
+    html = (out / "report.html").read_text()
+    assert "CI n/a" in html and "only 1 prompt, fewer than 6" in html
+    saved = json.loads((out / "agreement.json").read_text())
+    assert saved["settings"]["resampling"]["description"].startswith("n/a (only 1 prompt")
+    assert all(t["p_value"] is None for t in saved["tests"])
+
+
+def test_training_validation_ci_needs_enough_units():
+    from prefscore.training.report import PairOutcome, accuracy_ci_text, bootstrap_accuracy_ci
+
+    def outcome(n, groups):
+        rng = np.random.default_rng(1)
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        target = np.where(a + 0.8 * rng.normal(size=n) > b, 1.0, 0.0)
+        return PairOutcome(a, b, target, np.asarray(groups))
+
+    lo, hi, how = bootstrap_accuracy_ci(outcome(2, ["p", "p"]), reps=200)
+    assert math.isnan(lo) and math.isnan(hi) and how == "n/a (only 1 prompt, fewer than 6; only 2 pairs)"
+    assert accuracy_ci_text({"pairwise_accuracy_ci": [lo, hi], "pairwise_accuracy_ci_resampled": how}) == \
+        "95% CI n/a (only 1 prompt, fewer than 6; only 2 pairs)"
+    lo, hi, how = bootstrap_accuracy_ci(outcome(60, ["p"] * 60), reps=200)
+    assert lo < hi and how == "pairs (fallback: only 1 prompt, fewer than 6)"
+    lo, hi, how = bootstrap_accuracy_ci(outcome(60, [f"p{i % 10}" for i in range(60)]), reps=200)
+    assert lo < hi and how == "prompts"
