@@ -116,3 +116,103 @@ def test_training_validation_ci_needs_enough_units():
     assert lo < hi and how == "pairs (fallback: only 1 prompt, fewer than 6)"
     lo, hi, how = bootstrap_accuracy_ci(outcome(60, [f"p{i % 10}" for i in range(60)]), reps=200)
     assert lo < hi and how == "prompts"
+
+
+# -- 7. no code runs from a planted file -----------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, "w")`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker, legacy: bool):
+    import pickle
+
+    import torch
+
+    payload = {"model": {"w": torch.zeros(2)}, "step": 1, "evil": _Planted(marker)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if legacy:  # a plain pickle stream, not torch's zip format
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, str(path))
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_read_state_dict_refuses_code(tmp_path, legacy):
+    from prefscore.backbones.clip import read_state_dict
+    from prefscore.errors import CheckpointError
+
+    marker = tmp_path / "pwned"
+    path = _plant(tmp_path / "ckpt.pt", marker, legacy)
+    with pytest.raises(CheckpointError, match="refused to load: the file holds Python objects other than tensors"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_read_state_dict_still_reads_torchscript_and_plain_weights(tmp_path):
+    import torch
+
+    from prefscore.backbones.clip import read_state_dict
+
+    lin = torch.nn.Linear(3, 2)
+    torch.jit.save(torch.jit.script(lin), str(tmp_path / "scripted.pt"))  # the OpenAI release format
+    torch.save(lin.state_dict(), str(tmp_path / "plain.pt"))
+    for name in ("scripted.pt", "plain.pt"):
+        sd = read_state_dict(tmp_path / name)
+        assert torch.equal(sd["weight"], lin.weight) and torch.equal(sd["bias"], lin.bias)
+
+
+def test_metric_with_a_planted_head_is_refused(tmp_path):
+    """``prefscore.load`` of a model directory whose head file would run code."""
+    import shutil
+
+    import prefscore
+    from prefscore.errors import CheckpointError
+
+    from conftest import shared_fixture
+
+    model = tmp_path / "model"
+    shutil.copytree(shared_fixture("laion-aesthetic") / "model", model)
+    marker = tmp_path / "pwned"
+    _plant(model / "aesthetic-mlp.pth", marker, legacy=False)
+    with pytest.raises(CheckpointError, match="aesthetic-mlp.pth: refused to load"):
+        prefscore.load("laion-aesthetic", model=model)
+    assert not marker.exists()
+
+
+def test_train_finetune_resume_refuses_a_planted_checkpoint(tmp_path):
+    from test_training_finetune import _tiny_clip
+
+    from prefscore.errors import CheckpointError
+    from prefscore.training import FinetuneConfig, TrainConfig, train
+    from prefscore.training.synthetic import make_pairs
+
+    clip = _tiny_clip(tmp_path / "clip", seed=0)
+    pairs = make_pairs(tmp_path / "pairs", n_scenes=3, pairs_per_scene=2, seed=3)
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "out" / "checkpoints" / "step-0000009.pt", marker, legacy=False)
+    config = TrainConfig(backbone=str(clip), val_fraction=0.34, seed=0, bootstrap=0,
+                         finetune=FinetuneConfig(max_steps=1, batch_size=2, grad_accum=1))
+    with pytest.raises(CheckpointError, match="step-0000009.pt: refused to load"):
+        train(pairs.path, tmp_path / "out", config)
+    assert not marker.exists()
+
+
+def test_generation_resume_refuses_a_planted_state_file(tmp_path):
+    from prefscore.errors import CheckpointError
+    from prefscore.generation.finetune import STATE_FILE, RewardFinetuner
+
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "step-000001" / STATE_FILE, marker, legacy=True)
+    # the state file is read before anything else of the run is touched, so no pipeline is needed here
+    with pytest.raises(CheckpointError, match="refused to load"):
+        RewardFinetuner.load_checkpoint(object(), tmp_path / "step-000001")
+    assert not marker.exists()

@@ -62,6 +62,38 @@ OPENAI_ARCH = ClipArch(act="quick_gelu")
 OPEN_CLIP_VIT_H_14 = ClipArch(vision_head_width=80, text_head_width=64, act="gelu")
 
 
+def is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive (a zip holding ``constants.pkl`` and TorchScript ``code/``)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_weights(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary Python
+    objects (a pickle that would run code when loaded is refused with a :class:`CheckpointError`)."""
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain containers, "
+            f"and unpickling them could run arbitrary code. prefscore reads only plain weight files "
+            f"(torch.load weights_only=True); re-save the state dict alone, or use safetensors"
+            f" ({first[0] if first else 'UnpicklingError'})") from None
+    except Exception as exc:  # truncated zip, not a checkpoint at all, ...
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint file into a flat ``{name: tensor}`` dict.
 
@@ -73,17 +105,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except RuntimeError as exc:
-        if "jit" not in str(exc).lower() and "torchscript" not in str(exc).lower():
-            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
-        obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception as exc:  # pickle errors, truncated zip, ...
+    if is_torchscript(path):
+        # TorchScript archives hold TorchScript code and data read by torch's own unpickler (no Python
+        # objects are created from the file, so nothing in it runs as Python)
         try:
             obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
-            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read TorchScript checkpoint: {exc}") from None
+    else:
+        obj = load_weights(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "params"):
             if key in obj and isinstance(obj[key], Mapping):
