@@ -216,3 +216,45 @@ def test_generation_resume_refuses_a_planted_state_file(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         RewardFinetuner.load_checkpoint(object(), tmp_path / "step-000001")
     assert not marker.exists()
+
+
+# -- 10b. judgement files: self-pairs and duplicate rows ------------------------------------------
+
+
+def _images(root, names):
+    from PIL import Image
+
+    for n in names:
+        Image.new("RGB", (4, 4), (len(n) * 20 % 255, 0, 0)).save(root / n)
+
+
+def test_a_pair_of_an_image_with_itself_is_rejected(tmp_path):
+    from prefscore.data import DataError, load_judgements
+
+    _images(tmp_path, ["x.png", "y.png"])
+    (tmp_path / "p.csv").write_text("prompt,image_a,image_b,label\nfox,x.png,y.png,a\nfox,x.png,./x.png,b\n")
+    with pytest.raises(DataError, match=r"p.csv, line 3: image_a and image_b are the same image \(x.png and ./x.png\)"):
+        load_judgements(tmp_path / "p.csv")
+    (tmp_path / "r.csv").write_text('prompt,images,ranks\nfox,"[""x.png"", ""y.png"", ""x.png""]","[1, 2, 3]"\n')
+    with pytest.raises(DataError, match=r"r.csv, line 2: the ranking lists the same image more than once \(x.png\)"):
+        load_judgements(tmp_path / "r.csv")
+
+
+def test_duplicate_rows_are_counted_and_named(tmp_path):
+    from prefscore.data import DuplicateRowsWarning, load_judgements
+
+    _images(tmp_path, ["x.png", "y.png", "z.png"])
+    (tmp_path / "p.csv").write_text("prompt,image_a,image_b,label\nfox,x.png,y.png,a\nfox,y.png,z.png,b\n"
+                                    "fox,x.png,y.png,a\nfox,x.png,y.png,a\nfox,x.png,y.png,b\n")
+    with pytest.warns(DuplicateRowsWarning, match=r"2 row\(s\) identical to an earlier row, each counted again .*"
+                                                  r"p.csv, line 4 repeats p.csv, line 2; p.csv, line 5 repeats p.csv, line 2"):
+        data = load_judgements(tmp_path / "p.csv")
+    assert len(data) == 5  # kept: a repeated judgement may be real, but it is never silent
+    res = evaluate(tmp_path / "p.csv", score_columns=None, scores=_score_file(tmp_path), config=EvalConfig(n_boot=0))
+    assert any("2 row(s) identical to an earlier row" in n for n in res.notes)
+
+
+def _score_file(root):
+    pd.DataFrame({"image": [str(root / n) for n in ("x.png", "y.png", "z.png")], "prompt": ["fox"] * 3,
+                  "s": [3.0, 2.0, 1.0]}).to_csv(root / "scores.csv", index=False)
+    return root / "scores.csv"

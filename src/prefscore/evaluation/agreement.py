@@ -473,7 +473,14 @@ def evaluate(
     if not isinstance(judgements, Judgements):
         path = Path(judgements).expanduser()
         need_files = bool(metrics) and images_root is None
-        judgements = load_judgements(path, check_images=need_files)
+        import warnings
+
+        from ..data import DuplicateRowsWarning
+
+        with warnings.catch_warnings():  # said in the notes instead (console, JSON, report)
+            warnings.simplefilter("ignore", DuplicateRowsWarning)
+            judgements = load_judgements(path, check_images=need_files)
+    notes.extend(judgements.warnings)
     if images_root is not None:
         root = Path(images_root).expanduser()
         old = Path(judgements.source).parent if judgements.source else Path.cwd()
@@ -633,7 +640,8 @@ def _rebase(judgements, old: Path, new: Path):
             recs.append(Ranking(r.prompt, tuple(_remap(i, old, new) for i in r.images), r.ranks, r.row))
         else:
             recs.append(Rating(r.prompt, _remap(r.image, old, new), r.score, r.row))
-    return Judgements(judgements.kind, recs, judgements.source, judgements.has_prompts, judgements.groups)
+    return Judgements(judgements.kind, recs, judgements.source, judgements.has_prompts, judgements.groups,
+                      judgements.warnings)
 
 
 def _folds(units: np.ndarray, k: int, seed: int) -> np.ndarray:
