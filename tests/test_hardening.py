@@ -258,3 +258,81 @@ def _score_file(root):
     pd.DataFrame({"image": [str(root / n) for n in ("x.png", "y.png", "z.png")], "prompt": ["fox"] * 3,
                   "s": [3.0, 2.0, 1.0]}).to_csv(root / "scores.csv", index=False)
     return root / "scores.csv"
+
+
+# -- 13b. corrupt model files and missing models: messages, not tracebacks -------------------------
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("model.safetensors", b"garbage" * 10, r"model.safetensors: not a readable safetensors file .*corrupt or truncated"),
+    ("model.safetensors", "half", r"model.safetensors: not a readable safetensors file .*corrupt or truncated"),
+    ("config.json", b"{not json", r"config.json: the config.json is not valid JSON .*corrupt or truncated"),
+    ("preprocessor_config.json", b"[1, 2", r"preprocessor_config.json: the preprocessor_config.json is not valid JSON"),
+])
+def test_corrupt_files_of_an_hf_model_directory_are_named(tmp_path, name, content, message):
+    import shutil
+
+    import prefscore
+    from prefscore.errors import CheckpointError
+
+    from conftest import shared_fixture
+
+    model = tmp_path / "model"
+    shutil.copytree(shared_fixture("clip-iqa") / "model", model)
+    data = (model / name).read_bytes()
+    (model / name).write_bytes(data[: len(data) // 2] if content == "half" else content)
+    with pytest.raises(CheckpointError, match=message):
+        prefscore.load("clip-iqa", model=model).score([np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_corrupt_files_of_a_trained_model_directory_are_named(tmp_path):
+    import shutil
+
+    import prefscore
+    from prefscore.errors import CheckpointError
+    from prefscore.training import HeadConfig, TrainConfig, train
+    from prefscore.training.synthetic import make_pairs
+
+    pairs = make_pairs(tmp_path / "pairs", n_scenes=4, pairs_per_scene=2, seed=1)
+    train(pairs.path, tmp_path / "m", TrainConfig(backbone="stats", head=HeadConfig("linear"), val_fraction=0.25,
+                                                  max_epochs=2, bootstrap=0))
+    shutil.copytree(tmp_path / "m", tmp_path / "bad-card")
+    (tmp_path / "bad-card" / "prefscore.json").write_text('{"format": ')
+    with pytest.raises(CheckpointError, match=r"bad-card/prefscore.json: the model description is not valid JSON"):
+        prefscore.load(tmp_path / "bad-card")
+    shutil.copytree(tmp_path / "m", tmp_path / "bad-head")
+    (tmp_path / "bad-head" / "head.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match=r"bad-head/head.safetensors: not a readable safetensors file"):
+        prefscore.load(tmp_path / "bad-head")
+
+
+def test_generate_and_finetune_without_a_usable_model_say_why(tmp_path):
+    from prefscore.cli import app
+
+    from conftest import shared_fixture
+
+    (tmp_path / "p.txt").write_text("a fox\n")
+    (tmp_path / "empty").mkdir()
+    model = str(shared_fixture("laion-aesthetic") / "model")
+    runner = CliRunner()
+    gen = ["generate", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out")]
+    fin = ["finetune", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "run"), "--train-steps", "1"]
+    cases = [
+        (gen + ["-m", "laion-aesthetic-v1", "--model", model], "Missing option '--pipeline'"),
+        (fin + ["-r", "laion-aesthetic-v1", "--model", model], "Missing option '--pipeline'"),
+        (gen + ["--pipeline", str(tmp_path / "empty"), "-m", "laion-aesthetic-v1", "--model", model],
+         "cannot load a diffusers pipeline"),
+        (fin + ["--pipeline", str(tmp_path / "empty"), "-r", "laion-aesthetic-v1", "--model", model],
+         "cannot load a diffusers pipeline"),
+        (gen + ["--pipeline", "nobody/nothing", "-m", "laion-aesthetic-v1", "--model", model],
+         "is not in the local hub cache and the hub cannot be reached"),
+        # the metric cannot be loaded (offline, nothing cached): its error, not a traceback
+        (gen + ["--pipeline", str(tmp_path / "empty"), "-m", "laion-aesthetic-v1"], "error: LAION aesthetic v1 head"),
+        (fin + ["--pipeline", str(tmp_path / "empty"), "-r", "laion-aesthetic-v1", "--model", str(tmp_path / "empty")],
+         "error: "),
+    ]
+    for args, message in cases:
+        r = runner.invoke(app, args, env={"COLUMNS": "400"})
+        assert r.exit_code == 2, (args, r.output, r.exception)
+        assert message in " ".join(r.output.split()), (args, r.output)
+        assert "Traceback" not in r.output

@@ -44,7 +44,9 @@ class ClipArch:
     @classmethod
     def from_open_clip_config(cls, path: str | Path, act: str) -> "ClipArch":
         """Read an open_clip model config (``open_clip_config.json`` or a ``model_configs/*.json``)."""
-        cfg = json.loads(Path(path).read_text())
+        from ..hub import read_json
+
+        cfg = read_json(path, "open_clip model config")
         cfg = cfg.get("model_cfg", cfg)
         vis, txt = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
         if cfg.get("quick_gelu"):
@@ -304,11 +306,18 @@ def clip_from_pretrained(directory: str | Path, dtype=torch.float32):
     """``CLIPModel.from_pretrained`` on a local directory in HF format, in ``dtype``."""
     from transformers import CLIPModel
 
+    from ..hub import check_model_dir
+
+    check_model_dir(directory)
     try:
-        model = CLIPModel.from_pretrained(str(directory), dtype=dtype)
-    except TypeError:  # transformers 4.x spells it torch_dtype
-        model = CLIPModel.from_pretrained(str(directory), torch_dtype=dtype)
-    except (ValueError, RuntimeError) as exc:
+        try:
+            model = CLIPModel.from_pretrained(str(directory), dtype=dtype)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            model = CLIPModel.from_pretrained(str(directory), torch_dtype=dtype)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if "mismatched_sizes" in str(exc):
+            raise CheckpointError(f"{directory}: config.json does not describe the tensors of the weight file (sizes "
+                                  f"differ); the config or the weights are corrupt or from another model") from None
         raise CheckpointError(f"{directory}: cannot load CLIPModel: {exc}") from None
     return model.eval().requires_grad_(False)
 
