@@ -255,10 +255,18 @@ def register(app: typer.Typer) -> None:
         from .report import write_report
         from .warnings import run_checks
 
+        import warnings
+
+        from .scores import ScoreColumnWarning
+
         try:
             cols = split_names(column) or None
             lib = split_names(lower_is_better)
-            table = ScoreTable.read(scores, cols, lib)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ScoreColumnWarning)
+                table = ScoreTable.read(scores, cols, lib)
+            for w in caught:
+                err_console.print(f"[yellow]warning[/] {escape(str(w.message))}")
             cal = None
             if composite is not None:
                 from .composite import Calibration
