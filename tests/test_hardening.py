@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,3 +338,219 @@ def test_generate_and_finetune_without_a_usable_model_say_why(tmp_path):
         assert r.exit_code == 2, (args, r.output, r.exception)
         assert message in " ".join(r.output.split()), (args, r.output)
         assert "Traceback" not in r.output
+
+
+def test_report_names_a_text_cell_in_a_score_column(tmp_path):
+    from prefscore.cli import app
+
+    (tmp_path / "s.csv").write_text("image,prompt,laion-aesthetic,other,generator\na.png,p,5.1,0.3,x\n"
+                                    "b.png,p,oops,0.4,y\nc.png,p,4.2,0.1,x\n")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "s.csv"), "-o", str(tmp_path / "r.html")], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert ("score column 'laion-aesthetic' has 1 cell(s) that are not numbers, read as missing scores (NaN): "
+            "line 3 ('oops')") in " ".join(r.output.split())
+    saved = json.loads((tmp_path / "r_tables" / "report.json").read_text())
+    assert saved["metrics"] == ["laion-aesthetic", "other"]  # kept, not dropped; "generator" is not a score
+
+
+# -- 8, 12, 14b. the annotation server --------------------------------------------------------------
+
+
+def _annotation_store(tmp_path):
+    from test_annotate import make_store
+
+    return make_store(tmp_path)
+
+
+def test_request_bodies_are_capped_and_image_ids_are_checked(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from prefscore.annotate import create_app
+    from prefscore.annotate.app import MAX_BODY_BYTES
+
+    store = _annotation_store(tmp_path)
+    token = store.add_annotator("alice")
+    client = TestClient(create_app(store))
+    big = json.dumps({"token": "x" * (MAX_BODY_BYTES + 10)})
+    r = client.post("/api/login", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: streamed, counted as it arrives
+        for _ in range(64):
+            yield b" " * 4096
+
+    r = client.post("/api/login", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/api/login", json={"token": token}).status_code == 200  # small bodies still work
+    assert client.post("/api/login", json={"token": "t" * 300}).status_code == 422  # field sizes are bounded too
+    for bad in ("99999999999999999999999999999999", "1", "-1", "a" * 100, "..%2F..%2Fetc%2Fpasswd"):
+        assert client.get(f"/api/image/{bad}").status_code == 404, bad
+
+
+def test_public_ids_are_random_and_old_databases_get_them(tmp_path):
+    import re
+    import sqlite3
+
+    from prefscore.annotate import Store
+    from prefscore.annotate.db import PUBLIC_ID_RE
+
+    store = _annotation_store(tmp_path)
+    token = store.add_annotator("alice")
+    who = store.authenticate(token)
+    pair = store.next_assignment(who.id)
+    for side in ("left", "right"):
+        pid = pair[side]["item_id"]
+        assert isinstance(pid, str) and PUBLIC_ID_RE.match(pid) and not re.fullmatch(r"\d+", pid)
+        assert pair[side]["url"] == f"/api/image/{pid}" and store.image_path(pid)
+    with store.read() as conn:
+        ids = [r[0] for r in conn.execute("SELECT public_id FROM items ORDER BY id")]
+    assert len(set(ids)) == len(ids) == 9
+    # a database from before public ids: they are added when it is opened, answers kept
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DROP INDEX items_public_id")
+        conn.execute("ALTER TABLE items DROP COLUMN public_id")
+    again = Store(store.path)
+    with again.read() as conn:
+        fresh = [r[0] for r in conn.execute("SELECT public_id FROM items ORDER BY id")]
+    assert all(PUBLIC_ID_RE.match(p) for p in fresh) and len(set(fresh)) == 9 and not set(fresh) & set(ids)
+
+
+def test_leaderboard_needs_its_own_token_unless_public(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from prefscore.annotate import create_app
+
+    store = _annotation_store(tmp_path)
+    annotator = store.add_annotator("alice")
+    client = TestClient(create_app(store))
+    assert client.get("/api/leaderboard").status_code == 401
+    assert client.post("/api/login", json={"token": annotator}).status_code == 200
+    assert client.get("/api/leaderboard").status_code == 401  # a signed-in annotator stays blind
+    assert client.get("/api/leaderboard", headers={"Authorization": f"Bearer {annotator}"}).status_code == 401
+    board = store.leaderboard_token()
+    assert store.leaderboard_token() == board  # stable until reset
+    r = client.get("/api/leaderboard", headers={"Authorization": f"Bearer {board}"})
+    assert r.status_code == 200 and "generators" in r.json()
+    new = store.leaderboard_token(reset=True)
+    assert client.get("/api/leaderboard", headers={"Authorization": f"Bearer {board}"}).status_code == 401
+    assert client.get("/api/leaderboard", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    assert TestClient(create_app(store, public_leaderboard=True)).get("/api/leaderboard").status_code == 200
+
+
+def test_serve_needs_create_for_a_new_database_and_warns_on_all_interfaces(tmp_path, monkeypatch):
+    import uvicorn
+
+    from prefscore.annotate.cli import reachable_host
+    from prefscore.cli import app
+    from test_annotate import make_images
+
+    runner = CliRunner()
+    images = make_images(tmp_path)
+    db = tmp_path / "typo.sqlite"
+    r = runner.invoke(app, ["annotate", "serve", "--images", str(images), "--db", str(db)], env={"COLUMNS": "400"})
+    assert r.exit_code == 1 and "no such annotation database (a mistyped --db?" in r.output and not db.exists()
+    r = runner.invoke(app, ["annotate", "add-annotator", "bob", "--db", str(db)])
+    assert r.exit_code == 1 and not db.exists()
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: ran.update(kw, app=app_))
+    r = runner.invoke(app, ["annotate", "serve", "--images", str(images), "--db", str(db), "--create", "-a", "eve",
+                            "--host", "0.0.0.0", "--port", "8123"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert ran["host"] == "0.0.0.0" and db.is_file()
+    text = " ".join(r.output.split())
+    real = reachable_host("0.0.0.0")
+    assert real != "0.0.0.0" and f"http://{real}:8123/?token=" in text
+    assert "warning: bound to 0.0.0.0: the server is reachable from other machines on every network interface" in text
+    from prefscore.annotate import Store
+
+    board = Store(db).leaderboard_token()
+    assert f"leaderboard: http://{real}:8123/leaderboard?token={board}" in text
+    r = runner.invoke(app, ["annotate", "serve", "--db", str(db), "--public-leaderboard"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and "leaderboard: http://127.0.0.1:8000/leaderboard (public" in " ".join(r.output.split())
+    assert "warning" not in r.output  # loopback: nothing to warn about
+
+
+_SERVER = """
+import socket, sys, uvicorn
+from prefscore.annotate import Store, create_app
+sock = socket.socket(); sock.bind(("127.0.0.1", 0))
+open(sys.argv[2], "w").write(str(sock.getsockname()[1]))
+config = uvicorn.Config(create_app(Store(sys.argv[1])), log_level="warning", lifespan="off")
+uvicorn.Server(config).run(sockets=[sock])
+"""
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _oversized(port: int, chunked: bool) -> bytes:
+    """One /api/login with a 100 MB body (declared, or streamed in chunks); returns the status line.
+    The body is sent until the server answers (it answers without reading it)."""
+    import select
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    try:
+        head = b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Content-Length: 100000000\r\n\r\n"
+        sock.sendall(head)
+        piece = b" " * 65536
+        sent = 0
+        while sent < 100_000_000:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if ready:
+                break
+            try:
+                sock.sendall(b"10000\r\n" + piece + b"\r\n" if chunked else piece)
+            except OSError:  # the server closed the connection after answering
+                break
+            sent += len(piece)
+        response = sock.recv(4096)
+        return response.split(b"\r\n", 1)[0]
+    finally:
+        sock.close()
+
+
+def test_oversized_bodies_leave_a_real_servers_memory_flat(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    store = _annotation_store(tmp_path)
+    port_file = tmp_path / "port"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                           os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(store.path), str(port_file)], env=env)
+    try:
+        deadline = time.monotonic() + 120  # generous: a readiness condition, not a timing assertion
+        port = None
+        while True:
+            assert proc.poll() is None, "the server exited"
+            if port is None and port_file.is_file() and port_file.read_text():
+                port = int(port_file.read_text())
+            if port is not None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        assert _oversized(port, chunked=False).endswith(b"413 Request Entity Too Large")  # warm-up
+        before = _rss_kib(proc.pid)
+        for i in range(6):
+            assert _oversized(port, chunked=bool(i % 2)).endswith(b"413 Request Entity Too Large")
+        grown_mib = (_rss_kib(proc.pid) - before) / 1024
+        # six 100 MB bodies: holding any one of them would add ~100 MB; 30 MB of slack for allocator noise
+        assert grown_mib < 30, f"server RSS grew by {grown_mib:.0f} MiB"
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=30).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
