@@ -69,12 +69,13 @@ def make_store(tmp_path: Path, **cfg) -> Store:
     return store
 
 
-def item_generators(store: Store) -> dict[int, str]:
+def item_generators(store: Store) -> dict[str, str]:
+    """Generator of each image, by the public id the API shows."""
     with store.read() as conn:
-        return {r[0]: r[1] for r in conn.execute("SELECT id, generator FROM items")}
+        return {r[0]: r[1] for r in conn.execute("SELECT public_id, generator FROM items")}
 
 
-def human_choice(pair: dict, gens: dict[int, str]) -> str:
+def human_choice(pair: dict, gens: dict[str, str]) -> str:
     """The simulated annotator: picks the image of the better generator."""
     left, right = gens[pair["left"]["item_id"]], gens[pair["right"]["item_id"]]
     return "left" if QUALITY[left] > QUALITY[right] else "right"
@@ -219,7 +220,7 @@ def test_api_annotate_all_pairs_undo_and_leaderboard(tmp_path):
     assert store.progress(1)["answered"] == 8
     r = client.post("/api/answer", json={"assignment_id": undone["assignment_id"], "choice": "tie"}).json()
     assert r["done"] and r["progress"]["answered"] == 9
-    board = client.get("/api/leaderboard").json()
+    board = client.get("/api/leaderboard", headers={"Authorization": f"Bearer {store.leaderboard_token()}"}).json()
     assert [g["generator"] for g in board["generators"]] == ["gen-c", "gen-b", "gen-a"]
     top = board["generators"][0]
     assert top["ci_low"] < top["strength"] < top["ci_high"]
@@ -264,7 +265,7 @@ def test_api_auth_csrf_and_image_serving(tmp_path):
     assert anon.post("/api/undo").status_code == 401
     assert anon.get("/api/image/1").status_code == 401
     assert anon.post("/api/login", json={"token": "wrong-token-wrong-token"}).status_code == 401
-    assert anon.get("/api/leaderboard").status_code == 200
+    assert anon.get("/api/leaderboard").status_code == 401  # the leaderboard has its own token
     bearer = {"Authorization": f"Bearer {token}"}
     assert anon.post("/api/next", headers=bearer).status_code == 200
     # writes must be JSON from this origin
@@ -277,9 +278,10 @@ def test_api_auth_csrf_and_image_serving(tmp_path):
     assert loopback.get("/api/health", headers={"Host": "localhost:8000"}).status_code == 200
     assert loopback.get("/api/health", headers={"Host": "127.0.0.1.evil.example"}).status_code == 400
     # images: by registered id only
-    img = anon.get("/api/image/1", headers=bearer)
+    first = next(iter(item_generators(store)))
+    img = anon.get(f"/api/image/{first}", headers=bearer)
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
-    assert img.content == (tmp_path / "img" / "p0_gen-a.png").read_bytes()
+    assert img.content == Path(store.image_path(first)).read_bytes()
     assert anon.get("/api/image/999", headers=bearer).status_code == 404
     for evil in ("/api/image/..%2F..%2Fetc%2Fpasswd", "/api/image/-1%20OR%201=1", "/api/image/%2Fetc%2Fpasswd"):
         assert anon.get(evil, headers=bearer).status_code in (404, 422)
@@ -583,7 +585,7 @@ def test_cli_annotators_report_and_export(tmp_path):
     assert res.exit_code == 1 and "already exists" in res.output
     res = runner.invoke(app, ["annotate", "export", "--db", str(tmp_path / "none.sqlite"), "-o", str(out)])
     assert res.exit_code == 1 and "no such annotation database" in res.output
-    res = runner.invoke(app, ["annotate", "serve", "--db", str(tmp_path / "empty.sqlite"), "--port", "1"])
+    res = runner.invoke(app, ["annotate", "serve", "--db", str(tmp_path / "empty.sqlite"), "--port", "1", "--create"])
     assert res.exit_code == 1 and "no pairs to annotate" in res.output
 
 
@@ -647,7 +649,7 @@ def test_browser_end_to_end(tmp_path):
     store = make_store(tmp_path)
     gens = item_generators(store)
     token = store.add_annotator("eve")
-    shown: list[tuple[int, int, str]] = []  # (left id, right id, what we answered)
+    shown: list[tuple[str, str, str]] = []  # (left id, right id, what we answered)
 
     with live_server(store) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -659,9 +661,9 @@ def test_browser_end_to_end(tmp_path):
             expect(page.locator("#who")).to_have_text("Signed in as eve")
             assert "token" not in page.url  # removed from the address bar and history
 
-            def current() -> tuple[int, int]:
+            def current() -> tuple[str, str]:
                 expect(page.get_by_role("button", name="Left image is better")).to_be_enabled()  # both images loaded
-                ids = [int(page.locator(sel).get_attribute("src").rsplit("/", 1)[1]) for sel in ("#img-left", "#img-right")]
+                ids = [page.locator(sel).get_attribute("src").rsplit("/", 1)[1] for sel in ("#img-left", "#img-right")]
                 return ids[0], ids[1]
 
             def progress_is(n: int):
@@ -694,7 +696,7 @@ def test_browser_end_to_end(tmp_path):
             shown.append((left, right, "right"))
             progress_is(5)
 
-            page.goto(f"{base}/leaderboard")
+            page.goto(f"{base}/leaderboard?token={store.leaderboard_token()}")
             expect(page.locator("#generators tbody tr")).to_have_count(3)
             expect(page.locator("#summary")).to_contain_text("5")
             expect(page.locator("#annotators tbody")).to_contain_text("eve")

@@ -11,8 +11,11 @@ Three kinds of record (one per row), recognised from the columns:
 * **ratings** - ``image`` and ``score`` (a finite float, higher is better), optional ``prompt``.
 
 Image paths are relative to the data file's folder (absolute paths are kept). Every problem (missing
-column, bad label, missing image file, ...) is reported at once in one :class:`DataError` naming the
-file and the line (CSV: physical line, header = line 1; JSONL: line; Parquet: row, 1-based).
+column, bad label, missing image file, a pair of an image with itself, ...) is reported at once in one
+:class:`DataError` naming the file and the line (CSV: physical line, header = line 1; JSONL: line;
+Parquet: row, 1-based). Rows identical in every column to an earlier row are kept (each counts) but
+reported with a :class:`DuplicateRowsWarning` (how many, and the first ones with the line they repeat),
+also listed in :attr:`Judgements.warnings`.
 
 >>> data = load_judgements("prefs.csv")          # kind found from the columns
 >>> train, val = data.split(val_fraction=0.1, seed=0)   # no prompt in both
@@ -24,6 +27,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import warnings as _warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -48,6 +53,10 @@ class DataError(PrefscoreError, ValueError):
         shown = "\n".join(f"  {where}: {why}" for where, why in self.problems[:_MAX_SHOWN])
         more = f"\n  ... and {len(self.problems) - _MAX_SHOWN} more" if len(self.problems) > _MAX_SHOWN else ""
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n{shown}{more}")
+
+
+class DuplicateRowsWarning(UserWarning):
+    """A judgement file repeats rows exactly (each copy counts again in training and evaluation)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,7 @@ class Judgements:
     """A list of records of one kind (``"pairs"``, ``"rankings"`` or ``"ratings"``).
 
     ``has_prompts`` is False when the file had no prompt column (prompts are then ``""`` and every
-    record is its own group).
+    record is its own group). ``warnings``: what reading the file found worth saying (duplicate rows).
     """
 
     kind: str
@@ -118,6 +127,7 @@ class Judgements:
     source: str = ""
     has_prompts: bool = True
     _groups: list[str] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -304,7 +314,38 @@ def load_judgements(path: str | Path, kind: str | None = None, check_images: boo
             records.append(rec)
     if problems:
         raise DataError(str(path), problems)
-    return Judgements(found, records, str(path), has_prompts)
+    notes = []
+    duplicates = _duplicate_rows(rows)
+    if duplicates:
+        shown = "; ".join(f"{where} repeats {first}" for where, first in duplicates[:5])
+        more = f"; ... and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        notes.append(f"{path}: {len(duplicates)} row(s) identical to an earlier row, each counted again "
+                     f"(remove them if they are copies): {shown}{more}")
+        _warnings.warn(notes[-1], DuplicateRowsWarning, stacklevel=2)
+    return Judgements(found, records, str(path), has_prompts, warnings=notes)
+
+
+def _duplicate_rows(rows: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    """``(location, location of the first identical row)`` for every row equal in all columns to an earlier one."""
+    first: dict[str, str] = {}
+    out = []
+    for where, row in rows:
+        key = json.dumps({k: str(v) for k, v in row.items()}, sort_keys=True)
+        if key in first:
+            out.append((where, first[key]))
+        else:
+            first[key] = where
+    return out
+
+
+def _same_image(a: str, b: str) -> bool:
+    """The two paths name one file (after normalising ``./`` and ``..``, and following links when both exist)."""
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _path(value, root: Path) -> str:
@@ -374,7 +415,12 @@ def _parse(kind: str, row: dict, where: str, root: Path, has_prompts: bool, prob
                 return None
         if prompt is None:
             return None
-        return Pair(prompt, _path(a, root), _path(b, root), lab, margin, where)
+        pa, pb = _path(a, root), _path(b, root)
+        if _same_image(pa, pb):
+            same = str(a).strip() if str(a).strip() == str(b).strip() else f"{str(a).strip()} and {str(b).strip()}"
+            problems.append((where, f"image_a and image_b are the same image ({same}): a pair needs two different images"))
+            return None
+        return Pair(prompt, pa, pb, lab, margin, where)
     if kind == "rankings":
         images = _list(row.get("images"), "images", where, problems)
         ranks = _list(row.get("ranks"), "ranks", where, problems)
@@ -391,7 +437,12 @@ def _parse(kind: str, row: dict, where: str, root: Path, has_prompts: bool, prob
             if not any(v is None for v in values):
                 problems.append((where, "an image path in the list is empty"))
             return None
-        return Ranking(prompt, tuple(_path(i, root) for i in images), tuple(values), where)  # type: ignore[arg-type]
+        paths = [_path(i, root) for i in images]
+        repeated = [str(images[j]).strip() for j in range(len(paths)) if any(_same_image(paths[j], paths[i]) for i in range(j))]
+        if repeated:
+            problems.append((where, f"the ranking lists the same image more than once ({', '.join(repeated)})"))
+            return None
+        return Ranking(prompt, tuple(paths), tuple(values), where)  # type: ignore[arg-type]
     image, score = row.get("image"), row.get("score")
     if _is_missing(image) or _is_missing(score):
         problems.append((where, f"{'image' if _is_missing(image) else 'score'} missing (empty or NaN)"))

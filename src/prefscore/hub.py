@@ -9,13 +9,14 @@ naming the source and saying how to provide it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 import urllib.parse
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ModelSourceError
+from .errors import CheckpointError, ModelSourceError
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -116,3 +117,46 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _looks_like_repo_id(source: str) -> bool:
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+CONFIG_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                "generation_config.json", "open_clip_config.json", "model.safetensors.index.json")
+
+
+def read_json(path: str | os.PathLike, what: str = "configuration") -> dict:
+    """A JSON object from ``path``; a :class:`CheckpointError` naming the file when it is unreadable,
+    not JSON, or not an object."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the {what}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the {what} is not valid JSON ({exc}); the file is corrupt or truncated") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: the {what} must be a JSON object, found {type(value).__name__}")
+    return value
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Read the header of a safetensors file (cheap); a :class:`CheckpointError` naming it when the file
+    is corrupt or truncated."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # SafetensorError, OSError: header too large, incomplete metadata, ...
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); the file is corrupt or "
+                              f"truncated") from None
+
+
+def check_model_dir(directory: str | os.PathLike) -> None:
+    """Check the JSON configs and safetensors weights of a model directory before a ``from_pretrained``,
+    so that a corrupt file is named instead of surfacing as a library traceback."""
+    directory = Path(directory)
+    for name in CONFIG_FILES:
+        if (directory / name).is_file():
+            read_json(directory / name, name)
+    for path in sorted(directory.glob("*.safetensors")):
+        check_safetensors(path)

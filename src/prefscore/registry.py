@@ -106,7 +106,8 @@ MODEL_CARD_FILE = "prefscore.json"
 
 def _load_directory(root: Path, device: str, dtype: str, **options):
     """``load(<dir>)``: a model directory written by prefscore names its metric in ``prefscore.json``."""
-    import json
+    from .errors import CheckpointError
+    from .hub import read_json
 
     card = root / MODEL_CARD_FILE
     if not card.is_file():
@@ -114,7 +115,9 @@ def _load_directory(root: Path, device: str, dtype: str, **options):
             f"{root} is a directory without {MODEL_CARD_FILE}; pass a metric name and model=<dir> "
             f"(e.g. load('hpsv2', model='{root}'))"
         )
-    meta = json.loads(card.read_text())
+    meta = read_json(card, "model description")
+    if not isinstance(meta.get("metric"), str):
+        raise CheckpointError(f"{card}: no \"metric\" name (the metric this directory is a model of)")
     return load(meta["metric"], model=root, device=device, dtype=dtype, **options)
 
 

@@ -33,11 +33,12 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), {
 })
 
 
-def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False):
-    """The FastAPI app (imported lazily: FastAPI is only needed to serve). See :func:`.app.create_app`."""
+def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False, **options):
+    """The FastAPI app (imported lazily: FastAPI is only needed to serve). See :func:`.app.create_app`
+    (``public_leaderboard``, ``max_body``)."""
     from .app import create_app as _create
 
-    return _create(store, allowed_hosts, secure_cookie)
+    return _create(store, allowed_hosts, secure_cookie, **options)
 
 
 __all__ = ["AnnotationInputError", "Candidate", "ExportOptions", "MetricColumn", "SchedulerConfig", "Store", "StoreError",

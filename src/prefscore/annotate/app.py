@@ -3,9 +3,12 @@
 Security model: every write (and every image) needs an annotator token, sent as the HttpOnly,
 SameSite=Strict cookie set by ``POST /api/login`` or as ``Authorization: Bearer <token>``; writes
 must be JSON (or empty) and, when the browser sends an ``Origin``, come from this server's own origin. Images
-are served only by the id of an item registered in the database, never by a path. The pages are
-self-contained (inline CSS/JS, no CDN) under a strict Content-Security-Policy that allows exactly
-their inline code by hash.
+are served only by the random public id of an item registered in the database (never by a path, and
+never by a number that reveals the registration order). The leaderboard (generator names and
+strengths) needs the separate leaderboard token unless the app is made with ``public_leaderboard=True``:
+annotator tokens do not open it, so annotators stay blind. Request bodies are capped at
+:data:`MAX_BODY_BYTES` before they are read (413 beyond). The pages are self-contained (inline CSS/JS,
+no CDN) under a strict Content-Security-Policy that allows exactly their inline code by hash.
 """
 
 from __future__ import annotations
@@ -27,6 +30,66 @@ from .report import leaderboard
 
 COOKIE = "prefscore_token"
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
+#: the largest request body accepted (the app's JSON bodies are a few hundred bytes)
+MAX_BODY_BYTES = 16 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before they are read.
+
+    A ``Content-Length`` over the limit is refused at once; a body without one (chunked) is read only up
+    to the limit (then refused), and the bytes read are handed on to the app, so no request can make the
+    server hold more than ``limit`` bytes of body.
+    """
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await self._refuse(send, 400, "invalid Content-Length")
+            if declared > self.limit:
+                return await self._refuse(send, 413, f"request body over {self.limit} bytes")
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self._refuse(send, 413, f"request body over {self.limit} bytes")
+            body.append(chunk)
+            more = message.get("more_body", False)
+        data = b"".join(body)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect as usual
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send, status: int, detail: str) -> None:
+        import json
+
+        payload = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 class Login(BaseModel):
@@ -59,10 +122,12 @@ class Page:
         return HTMLResponse(self.html, headers={"Content-Security-Policy": self.csp, "Cache-Control": "no-store"})
 
 
-def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False) -> FastAPI:
+def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cookie: bool = False,
+               public_leaderboard: bool = False, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     """The app over ``store``. ``allowed_hosts``: accepted ``Host`` headers (guards against DNS
     rebinding; ``None`` accepts any, which the CLI only does when binding a non-loopback address).
-    ``secure_cookie``: mark the login cookie Secure (behind an HTTPS proxy)."""
+    ``secure_cookie``: mark the login cookie Secure (behind an HTTPS proxy). ``public_leaderboard``:
+    serve the leaderboard data without its token. ``max_body``: request body limit in bytes."""
     app = FastAPI(title="prefscore annotate", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     allowed = None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts}
     annotate_page = Page("annotate.html")
@@ -85,6 +150,8 @@ def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cook
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
+
+    app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads the body
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError):
@@ -145,15 +212,21 @@ def create_app(store: Store, allowed_hosts: list[str] | None = None, secure_cook
         pair = store.undo(who.id)
         return {"done": False, "pair": pair, "progress": store.progress(who.id)}
 
-    @app.get("/api/image/{item_id}")
-    def image(item_id: int, who: Annotator = Depends(annotator)) -> FileResponse:
-        path = store.image_path(item_id)
+    @app.get("/api/image/{public_id}")
+    def image(public_id: str, who: Annotator = Depends(annotator)) -> FileResponse:
+        path = store.image_path(public_id)
         if path is None or not Path(path).is_file():
-            raise HTTPException(404, f"no image {item_id}")
+            raise HTTPException(404, "no such image")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/leaderboard")
-    def board_data() -> dict:
+    def board_data(request: Request) -> dict:
+        if not public_leaderboard:
+            auth = request.headers.get("authorization", "")
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+            if not store.check_leaderboard_token(token):
+                raise HTTPException(401, "the leaderboard needs its own token (the leaderboard link printed by "
+                                         "`prefscore annotate serve` or `prefscore annotate leaderboard-link`)")
         return leaderboard(store)
 
     return app

@@ -21,7 +21,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 annotate_app = typer.Typer(no_args_is_help=True, help="Collect human pairwise judgements in the browser, with a live leaderboard.")
 
-DB_OPTION = typer.Option(Path("annotations.sqlite"), "--db", help="The annotation database (SQLite; created if missing).")
+DB_OPTION = typer.Option(Path("annotations.sqlite"), "--db", help="The annotation database (SQLite; `serve --create` makes a new one).")
 
 
 def _fail(message: str) -> None:
@@ -29,10 +29,35 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _open(db: Path, must_exist: bool = True, scheduler: SchedulerConfig | None = None) -> Store:
-    if must_exist and not db.is_file():
-        _fail(f"{db}: no such annotation database (start one with `prefscore annotate serve --images ... --db {db}`)")
-    return Store(db, scheduler)
+def _require(db: Path) -> None:
+    if not db.is_file():
+        _fail(f"{db}: no such annotation database (a mistyped --db? start a new one with "
+              f"`prefscore annotate serve --images ... --db {db} --create`)")
+
+
+def _open(db: Path) -> Store:
+    _require(db)
+    return Store(db)
+
+
+def reachable_host(host: str) -> str:
+    """The address others can use to reach a server bound to ``host``: for the wildcard addresses
+    (``0.0.0.0``, ``::``) the address of the interface that carries outgoing traffic (no packet is sent),
+    else ``host`` itself."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    family, probe = (socket.AF_INET6, "2001:db8::1") if host == "::" else (socket.AF_INET, "192.0.2.1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))  # UDP connect only picks a route
+            return s.getsockname()[0]
+    except OSError:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
 
 
 def register(app: typer.Typer) -> None:
@@ -56,8 +81,12 @@ def serve_cmd(
     repeat_rate: float = typer.Option(0.0, help="Probability that a pair is a repeat-consistency check of an earlier answer (0 = never)."),
     repeat_gap: int = typer.Option(5, help="Answers between a pair and its repeat."),
     seed: int = typer.Option(0, help="Seed of the pair choice."),
+    create: bool = typer.Option(False, "--create", help="Create --db if it does not exist (without it a missing database is an error, "
+                                "so a mistyped path never starts an empty study)."),
+    public_leaderboard: bool = typer.Option(False, "--public-leaderboard", help="Serve the leaderboard (generator names and "
+                                            "strengths) without its token."),
 ) -> None:
-    """Start the annotation server: annotators open the printed links; the leaderboard is at /leaderboard."""
+    """Start the annotation server: annotators open the printed links; the leaderboard link (with its token) is printed too."""
     try:
         import uvicorn
 
@@ -68,6 +97,8 @@ def serve_cmd(
         scheduler = SchedulerConfig(min_votes=min_votes, repeat_rate=repeat_rate, repeat_gap=repeat_gap, seed=seed)
     except ValueError as exc:
         _fail(str(exc))
+    if not create:
+        _require(db)  # a missing database is an error unless --create
     try:
         store = Store(db, scheduler)
         if images is not None:
@@ -81,8 +112,9 @@ def serve_cmd(
         counts = store.counts()
         if counts["pairs"] == 0:
             _fail(f"{db}: no pairs to annotate (pass --images with at least two images for some prompt)")
-        shown_host = f"[{host}]" if ":" in host else host
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown_host}:{port}"
+        reach = reachable_host(host)
+        shown_host = f"[{reach}]" if ":" in reach else reach
+        base = f"http://{shown_host}:{port}"
         known = {a["name"] for a in store.annotators()}
         for name in annotator:
             if name in known:
@@ -98,8 +130,17 @@ def serve_cmd(
 
     console.print(f"{counts['pairs']} pairs of {counts['items']} images over {counts['prompts']} prompts; "
                   f"{counts['judgements']} answers so far")
-    console.print(f"annotate: {base}/   leaderboard: {base}/leaderboard   (Ctrl+C stops; answers are saved as they come)")
-    uvicorn.run(create_app(store, allowed_hosts=hosts_for(host)), host=host, port=port, log_level="warning")
+    if hosts_for(host) is None:
+        err_console.print(f"[yellow]warning:[/] bound to {host}: the server is reachable from other machines "
+                          + ("on every network interface" if host in ("0.0.0.0", "::") else f"at {host}")
+                          + f" (as {base}); annotators still need their tokens, but anyone on the network can try. "
+                          "Use the default 127.0.0.1 (or an SSH tunnel / HTTPS proxy) unless that is what you want.")
+    board = f"{base}/leaderboard" if public_leaderboard else f"{base}/leaderboard?token={store.leaderboard_token()}"
+    console.print(f"annotate: {base}/   leaderboard: {board}"
+                  + ("   (public: no token needed)" if public_leaderboard else "   (keep this link from the annotators)")
+                  + "   (Ctrl+C stops; answers are saved as they come)")
+    uvicorn.run(create_app(store, allowed_hosts=hosts_for(host), public_leaderboard=public_leaderboard), host=host, port=port,
+                log_level="warning")
 
 
 @annotate_app.command("add-annotator")
@@ -111,10 +152,19 @@ def add_annotator_cmd(
 ) -> None:
     """Create an annotator and print their token and sign-in link (works while the server runs)."""
     try:
-        token = _open(db, must_exist=False).add_annotator(name, token)
+        token = _open(db).add_annotator(name, token)
     except StoreError as exc:
         _fail(str(exc))
     console.print(f"annotator {name!r}\n  token: {token}\n  link:  {url.rstrip('/')}/?token={token}")
+
+
+@annotate_app.command("leaderboard-link")
+def leaderboard_link_cmd(db: Path = DB_OPTION,
+                         url: str = typer.Option("http://127.0.0.1:8000", help="Server address used in the printed link."),
+                         reset: bool = typer.Option(False, "--reset", help="Make a new leaderboard token (old links stop working at once).")) -> None:
+    """Print the leaderboard link with its token (annotator tokens do not open the leaderboard)."""
+    token = _open(db).leaderboard_token(reset=reset)
+    console.print(f"leaderboard: {url.rstrip('/')}/leaderboard?token={token}")
 
 
 @annotate_app.command("reset-token")

@@ -1,7 +1,8 @@
 """The annotation store: SQLite in WAL mode, one connection per call, writes in ``BEGIN IMMEDIATE``
 transactions (so concurrent annotators are serialised by SQLite and nothing is lost on restart).
 
-Tables: ``items`` (candidate images, served by id only), ``pairs`` (two candidates of one prompt),
+Tables: ``items`` (candidate images, served only by their random ``public_id``, which says nothing about
+the registration order or the generator), ``pairs`` (two candidates of one prompt),
 ``annotators`` (name + SHA-256 of the token), ``assignments`` (a pair shown to an annotator, with
 which side is left; at most one pending per annotator) and ``judgements`` (the answers; an undo
 marks a judgement undone instead of deleting it).
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS items(
     generator TEXT,
     path TEXT NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}',
+    public_id TEXT,
     UNIQUE(prompt_key, path));
 CREATE TABLE IF NOT EXISTS metrics(name TEXT PRIMARY KEY, higher_is_better INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pairs(
@@ -92,6 +94,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_repeat_judgement ON judgements(annotator_i
     WHERE undone_at IS NULL AND is_repeat = 1;
 CREATE INDEX IF NOT EXISTS judgements_by_pair ON judgements(pair_id);
 """
+
+PUBLIC_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def new_public_id() -> str:
+    """An unguessable image id for URLs (96 random bits)."""
+    return secrets.token_urlsafe(12)
 
 
 class StoreError(Exception):
@@ -159,6 +168,12 @@ class Store:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             elif found[0] != SCHEMA_VERSION:
                 raise AnnotationInputError(f"{self.path}: annotation database schema {found[0]}, this prefscore reads {SCHEMA_VERSION}")
+            # databases made before images had random public ids get them now
+            if "public_id" not in {r[1] for r in conn.execute("PRAGMA table_info(items)")}:
+                conn.execute("ALTER TABLE items ADD COLUMN public_id TEXT")
+            for (item_id,) in conn.execute("SELECT id FROM items WHERE public_id IS NULL").fetchall():
+                conn.execute("UPDATE items SET public_id=? WHERE id=?", (new_public_id(), item_id))
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS items_public_id ON items(public_id)")
 
     # -- connections -------------------------------------------------------------------------------
     @contextmanager
@@ -209,9 +224,9 @@ class Store:
             groups: dict[str, list[int]] = {}
             for c in candidates:
                 conn.execute(
-                    "INSERT INTO items(prompt_key, prompt, generator, path, metrics) VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO items(prompt_key, prompt, generator, path, metrics, public_id) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(prompt_key, path) DO UPDATE SET prompt=excluded.prompt, generator=excluded.generator, metrics=excluded.metrics",
-                    (c.prompt_key, c.prompt, c.generator, c.path, json.dumps(c.metrics, sort_keys=True)),
+                    (c.prompt_key, c.prompt, c.generator, c.path, json.dumps(c.metrics, sort_keys=True), new_public_id()),
                 )
                 row = conn.execute("SELECT id FROM items WHERE prompt_key=? AND path=?", (c.prompt_key, c.path)).fetchone()
                 groups.setdefault(c.prompt_key, []).append(row[0])
@@ -235,11 +250,34 @@ class Store:
                 "judgements": q("SELECT COUNT(*) FROM judgements WHERE undone_at IS NULL"),
             }
 
-    def image_path(self, item_id: int) -> str | None:
-        """The file of a registered item (``None`` for an unknown id): the only way images are served."""
+    def image_path(self, public_id: str) -> str | None:
+        """The file of a registered item by its public id (``None`` for an unknown or malformed id): the
+        only way images are served."""
+        if not isinstance(public_id, str) or not PUBLIC_ID_RE.match(public_id):
+            return None
         with self.connect() as conn:
-            row = conn.execute("SELECT path FROM items WHERE id=?", (item_id,)).fetchone()
+            row = conn.execute("SELECT path FROM items WHERE public_id=?", (public_id,)).fetchone()
         return row[0] if row else None
+
+    # -- the leaderboard's viewer token ------------------------------------------------------------
+    def leaderboard_token(self, reset: bool = False) -> str:
+        """The token that opens the leaderboard (created on first use; ``reset`` replaces it, so old
+        links stop working). Annotator tokens do not open it: annotators stay blind to the generators."""
+        with self.write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='leaderboard_token'").fetchone()
+            if row is not None and not reset:
+                return row[0]
+            token = secrets.token_urlsafe(24)
+            conn.execute("INSERT INTO meta VALUES ('leaderboard_token', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (token,))
+            return token
+
+    def check_leaderboard_token(self, token: str | None) -> bool:
+        if not token:
+            return False
+        with self.connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='leaderboard_token'").fetchone()
+        return row is not None and secrets.compare_digest(row[0].encode(), token.encode())
 
     # -- annotators --------------------------------------------------------------------------------
     def add_annotator(self, name: str, token: str | None = None) -> str:
@@ -343,10 +381,11 @@ class Store:
     def _describe(self, conn: sqlite3.Connection, assignment: sqlite3.Row) -> dict:
         pair = conn.execute("SELECT item_a, item_b FROM pairs WHERE id=?", (assignment["pair_id"],)).fetchone()
         left, right = (pair[0], pair[1]) if assignment["left_is_a"] else (pair[1], pair[0])
-        prompt = conn.execute("SELECT prompt FROM items WHERE id=?", (left,)).fetchone()[0]
+        prompt, left_id = conn.execute("SELECT prompt, public_id FROM items WHERE id=?", (left,)).fetchone()
+        right_id = conn.execute("SELECT public_id FROM items WHERE id=?", (right,)).fetchone()[0]
         return {"assignment_id": assignment["id"], "prompt": prompt,
-                "left": {"item_id": left, "url": f"/api/image/{left}"},
-                "right": {"item_id": right, "url": f"/api/image/{right}"}}
+                "left": {"item_id": left_id, "url": f"/api/image/{left_id}"},
+                "right": {"item_id": right_id, "url": f"/api/image/{right_id}"}}
 
     def progress(self, annotator_id: int, conn: sqlite3.Connection | None = None) -> dict:
         """``answered`` (first answers, skips included), ``repeats``, ``remaining`` (pairs this

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -46,7 +45,9 @@ class ClipArch:
     @classmethod
     def from_open_clip_config(cls, path: str | Path, act: str) -> "ClipArch":
         """Read an open_clip model config (``open_clip_config.json`` or a ``model_configs/*.json``)."""
-        cfg = json.loads(Path(path).read_text())
+        from ..hub import read_json
+
+        cfg = read_json(path, "open_clip model config")
         cfg = cfg.get("model_cfg", cfg)
         vis, txt = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
         if cfg.get("quick_gelu"):
@@ -64,12 +65,36 @@ OPENAI_ARCH = ClipArch(act="quick_gelu")
 OPEN_CLIP_VIT_H_14 = ClipArch(vision_head_width=80, text_head_width=64, act="gelu")
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive: a zip whose records include ``<archive>/constants.pkl`` (as torch checks)."""
-    if not zipfile.is_zipfile(path):
+def is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive (a zip holding ``constants.pkl`` and TorchScript ``code/``)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_weights(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary Python
+    objects (a pickle that would run code when loaded is refused with a :class:`CheckpointError`)."""
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain containers, "
+            f"and unpickling them could run arbitrary code. prefscore reads only plain weight files "
+            f"(torch.load weights_only=True); re-save the state dict alone, or use safetensors"
+            f" ({first[0] if first else 'UnpicklingError'})") from None
+    except Exception as exc:  # truncated zip, not a checkpoint at all, ...
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -83,7 +108,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if _is_torchscript(path):  # OpenAI's released .pt files: read directly, without torch.load's warning
+    if is_torchscript(path):
+        # OpenAI's released .pt files: TorchScript code and data read by torch's own unpickler (no Python objects
+        # are created from the file, so nothing in it runs as Python); read directly, without torch.load's warning
         try:
             with warnings.catch_warnings():  # the published files are TorchScript: nothing for a user to act on
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
@@ -91,10 +118,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot read TorchScript checkpoint: {exc}") from None
     else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors, truncated zip, code objects refused by weights_only, ...
-            raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
+        obj = load_weights(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "params"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -285,11 +309,18 @@ def clip_from_pretrained(directory: str | Path, dtype=torch.float32):
     """``CLIPModel.from_pretrained`` on a local directory in HF format, in ``dtype``."""
     from transformers import CLIPModel
 
+    from ..hub import check_model_dir
+
+    check_model_dir(directory)
     try:
-        model = CLIPModel.from_pretrained(str(directory), dtype=dtype)
-    except TypeError:  # transformers 4.x spells it torch_dtype
-        model = CLIPModel.from_pretrained(str(directory), torch_dtype=dtype)
-    except (ValueError, RuntimeError) as exc:
+        try:
+            model = CLIPModel.from_pretrained(str(directory), dtype=dtype)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            model = CLIPModel.from_pretrained(str(directory), torch_dtype=dtype)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if "mismatched_sizes" in str(exc):
+            raise CheckpointError(f"{directory}: config.json does not describe the tensors of the weight file (sizes "
+                                  f"differ); the config or the weights are corrupt or from another model") from None
         raise CheckpointError(f"{directory}: cannot load CLIPModel: {exc}") from None
     return model.eval().requires_grad_(False)
 

@@ -88,14 +88,12 @@ def load_hf_tokenizer(directory: Path):
 
 def load_processor_config(directory: Path):
     """The image settings of ``preprocessor_config.json`` in ``directory``."""
-    import json
-
     from ..preprocess import HFProcessorConfig
 
     path = Path(directory) / "preprocessor_config.json"
     if not path.is_file():
         raise ModelSourceError(f"{directory}: no preprocessor_config.json (the CLIP image processor settings)")
-    return HFProcessorConfig.from_dict(json.loads(path.read_text()))
+    return HFProcessorConfig.from_dict(hub.read_json(path, "CLIP image processor settings"))
 
 
 def load_clip_processor(source: str | os.PathLike, what: str):

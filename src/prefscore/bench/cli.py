@@ -23,15 +23,18 @@ def _fmt(x) -> str:
 
 def print_result(result) -> None:
     """The benchmark table (ours with CI beside the published figure) and the run's notes."""
+    from ..evaluation.agreement import resampling_label
+
     level = result.evaluation.settings.get("level", 0.95)
-    table = Table(title=f"{result.dataset}: agreement with human judgements ({level:.0%} bootstrap CI) vs published")
+    table = Table(title=f"{result.dataset}: agreement with human judgements ({level:.0%} bootstrap CI, "
+                        f"{resampling_label(result.evaluation.settings)}) vs published")
     for c in ("metric", "statistic", "ours", f"{level:.0%} CI", "n / units", "published", "diff", "status", "source"):
         table.add_column(c, justify="right" if c in ("ours", "published", "diff", "n / units") else "left")
     for r in result.rows:
         f = r.published
         status = r.status
         style = {"outside CI": "[bold red]outside CI[/]", "within CI": "[green]within CI[/]"}.get(status, status)
-        table.add_row(r.metric, r.statistic, _fmt(r.estimate), f"[{_fmt(r.low)}, {_fmt(r.high)}]", f"{r.n} / {r.units}",
+        table.add_row(r.metric, r.statistic, _fmt(r.estimate), f"[{_fmt(r.low)}, {_fmt(r.high)}]" if math.isfinite(r.low) else "n/a", f"{r.n} / {r.units}",
                       _fmt(f.value) if f else "–", f"{r.estimate - f.value:+.3f}" if f and math.isfinite(r.estimate) else "",
                       style, escape(f"[{f.tag}]") if f else "")
     console.print(table)

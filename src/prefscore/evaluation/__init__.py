@@ -30,6 +30,9 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "Interval": "stats",
     "fit_logistic": "stats",
     "krcc": "stats",
+    "choose_resampling": "stats",
+    "min_units": "stats",
+    "p_value_floor": "stats",
     "paired_test": "stats",
     "plcc": "stats",
     "srcc": "stats",
@@ -45,7 +48,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), {
 __all__ = [
     "BootstrapPlan", "Calibration", "CalibrationError", "Component", "CompositeMetric", "EvalConfig",
     "EvaluationResult", "Finding", "Interval", "Normaliser", "ScoreLookupError", "ScoreTable",
-    "alignment_vs_aesthetic", "calibrate", "choose_tie_threshold", "compare_sets", "compute_scores", "disagreements",
-    "evaluate", "fit_logistic", "fit_weights", "inversion_scores", "krcc", "paired_test", "pinned_scores", "plcc",
+    "alignment_vs_aesthetic", "calibrate", "choose_resampling", "choose_tie_threshold", "compare_sets", "compute_scores", "disagreements",
+    "evaluate", "fit_logistic", "fit_weights", "inversion_scores", "krcc", "min_units", "p_value_floor", "paired_test", "pinned_scores", "plcc",
     "reward_hacking", "run_checks", "srcc", "tie_credits", "write_report",
 ]

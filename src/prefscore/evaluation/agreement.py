@@ -17,6 +17,9 @@ Statistics (all in [0, 1] for accuracies, [-1, 1] for correlations; higher is be
 
 Every statistic has a percentile bootstrap interval that resamples prompts (the rows sharing a prompt
 are not independent), and every pair of metrics gets a paired bootstrap test on the same replicates.
+With fewer prompts than :func:`~prefscore.evaluation.stats.min_units` (6 at 95%) the records are
+resampled instead (column ``resampled`` says which); with fewer records too, intervals and p-values
+are NaN ("n/a") rather than a false certainty.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from .stats import (
     BootstrapPlan,
     BootstrapSamples,
     Interval,
+    choose_resampling,
+    min_units,
     fit_logistic,
     krcc,
     plcc,
@@ -329,8 +334,10 @@ class EvaluationResult:
     """Agreement of each metric with the human judgements.
 
     ``table``: one row per (group column, level, metric, statistic) with ``estimate``, ``low``,
-    ``high`` (bootstrap interval), ``n`` (comparisons or ratings used) and ``units`` (resampled
-    units, e.g. prompts); the overall rows have group ``"all"``. ``tests``: paired bootstrap tests of
+    ``high`` (bootstrap interval; NaN when not available), ``n`` (comparisons or ratings used),
+    ``units`` (units of the requested kind, e.g. prompts), ``resampled`` (what the bootstrap resampled:
+    ``"prompt"``, ``"record"`` when there were too few prompts, ``""`` when the interval is not
+    available) and ``resampled_units``; the overall rows have group ``"all"``. ``tests``: paired bootstrap tests of
     ``metric_a - metric_b`` for every statistic and pair of metrics (overall data). ``item_scores``:
     the per-image scores used (for reports). ``thresholds``: the chosen tie thresholds per metric.
     """
@@ -383,6 +390,20 @@ class EvaluationResult:
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
         self.item_scores.frame().to_csv(paths["scores_csv"], index=False)
         return paths
+
+
+def resampling_label(settings: dict) -> str:
+    """What the overall intervals resampled, e.g. ``prompts resampled`` or
+    ``records resampled (fallback: only 1 prompt, fewer than 6)``, or why there are none."""
+    r = settings.get("resampling")
+    if not settings.get("n_boot"):
+        return "no bootstrap"
+    if not r:
+        return f"{settings.get('resample_unit', 'prompt')}s resampled"
+    if r.get("resampled") is None:
+        return f"CIs and p-values n/a: {r.get('reason')}"
+    label = f"{r['resampled']}s resampled"
+    return f"{label} (fallback: {r['reason']})" if r.get("fallback") else label
 
 
 def _json_default(o):
@@ -452,7 +473,14 @@ def evaluate(
     if not isinstance(judgements, Judgements):
         path = Path(judgements).expanduser()
         need_files = bool(metrics) and images_root is None
-        judgements = load_judgements(path, check_images=need_files)
+        import warnings
+
+        from ..data import DuplicateRowsWarning
+
+        with warnings.catch_warnings():  # said in the notes instead (console, JSON, report)
+            warnings.simplefilter("ignore", DuplicateRowsWarning)
+            judgements = load_judgements(path, check_images=need_files)
+    notes.extend(judgements.warnings)
     if images_root is not None:
         root = Path(images_root).expanduser()
         old = Path(judgements.source).parent if judgements.source else Path.cwd()
@@ -537,15 +565,27 @@ def evaluate(
         notes.append(f"{int(bad_rows.sum())} of {view.n_rows} {'ratings' if view.kind == 'ratings' else 'comparisons'} "
                      f"dropped: an image has no score (NaN) for at least one metric")
 
+    unit_name = config.unit or ("prompt" if judgements.has_prompts else "record")
     if view.kind == "ratings":
-        table_rows, samples, fits = _evaluate_ratings(view, item_matrix, names, ~bad_rows, config, notes)
+        table_rows, samples, fits, overall = _evaluate_ratings(view, item_matrix, names, ~bad_rows, config, notes, unit_name)
         thresholds: dict[str, list[float]] = {}
         settings_extra = {"logistic_fits": fits}
     else:
-        table_rows, samples, thresholds = _evaluate_comparisons(view, item_matrix, names, ~bad_rows, config, temps, notes)
+        table_rows, samples, thresholds, overall = _evaluate_comparisons(view, item_matrix, names, ~bad_rows, config, temps,
+                                                                         notes, unit_name)
         settings_extra = {"temperatures": {c: temps.get(c, 1.0) for c in names}} if config.tie_mode == "pickapic" else {}
 
-    table = pd.DataFrame(table_rows, columns=["group", "level", "metric", "statistic", "estimate", "low", "high", "n", "units"])
+    if config.n_boot > 0:
+        if overall.fallback:
+            notes.append(f"bootstrap intervals and p-values resample records, not {unit_name}s: {overall.reason} (at least "
+                         f"{min_units(config.level)} are needed at the {config.level:.0%} level); records sharing a "
+                         f"{unit_name} are treated as independent, so the intervals are too narrow if they are not")
+        elif not overall.available:
+            notes.append(f"no bootstrap intervals or p-values: {overall.reason} (at least {min_units(config.level)} "
+                         f"independent units are needed at the {config.level:.0%} level)")
+
+    table = pd.DataFrame(table_rows, columns=["group", "level", "metric", "statistic", "estimate", "low", "high", "n", "units",
+                                              "resampled", "resampled_units"])
     tests_rows = []
     if samples is not None and len(names) > 1:
         stats_names = list(dict.fromkeys(s for s in table.statistic))
@@ -557,8 +597,18 @@ def evaluate(
                 t = samples.test(ka, kb)
                 tests_rows.append({"statistic": stat, "metric_a": a, "metric_b": b, "difference": t.difference.estimate,
                                    "low": t.difference.low, "high": t.difference.high, "p_value": t.p_value,
-                                   "n_boot": t.n_boot})
-    tests = pd.DataFrame(tests_rows, columns=["statistic", "metric_a", "metric_b", "difference", "low", "high", "p_value", "n_boot"])
+                                   "n_boot": t.n_boot, "resampled": overall.unit if overall.available else "",
+                                   "resampled_units": overall.n_units if overall.available else 0})
+    elif not overall.available and config.n_boot > 0 and len(names) > 1:
+        for stat in dict.fromkeys(table.statistic):
+            for a, b in combinations(names, 2):
+                ea, eb = (float(table[(table.group == "all") & (table.metric == m) & (table.statistic == stat)].estimate.iloc[0])
+                          for m in (a, b))
+                tests_rows.append({"statistic": stat, "metric_a": a, "metric_b": b, "difference": ea - eb,
+                                   "low": math.nan, "high": math.nan, "p_value": math.nan, "n_boot": 0,
+                                   "resampled": "", "resampled_units": 0})
+    tests = pd.DataFrame(tests_rows, columns=["statistic", "metric_a", "metric_b", "difference", "low", "high", "p_value", "n_boot",
+                                              "resampled", "resampled_units"])
 
     # item-level scores (deduplicated) for reports
     seen: dict[tuple[str, str], int] = {}
@@ -570,7 +620,12 @@ def evaluate(
                              {c: values[c][keep] for c in names}, dict(hib), "evaluation items")
     settings = {**asdict(config), "source": judgements.source, "n_records": len(judgements), **settings_extra}
     settings["group_by"] = list(config.group_by)
-    settings["resample_unit"] = config.unit or ("prompt" if judgements.has_prompts else "record")
+    settings["resample_unit"] = unit_name
+    settings["resampling"] = {"requested": unit_name, "min_units": min_units(config.level),
+                              "resampled": overall.unit if overall.available and config.n_boot > 0 else None,
+                              "resampled_units": overall.n_units if overall.available else 0,
+                              "fallback": overall.fallback, "reason": overall.reason,
+                              "description": overall.describe() if config.n_boot > 0 else "no bootstrap"}
     return EvaluationResult(view.kind, names, table, tests, thresholds, settings, notes, samples, item_scores, hib)
 
 
@@ -585,7 +640,8 @@ def _rebase(judgements, old: Path, new: Path):
             recs.append(Ranking(r.prompt, tuple(_remap(i, old, new) for i in r.images), r.ranks, r.row))
         else:
             recs.append(Rating(r.prompt, _remap(r.image, old, new), r.score, r.row))
-    return Judgements(judgements.kind, recs, judgements.source, judgements.has_prompts, judgements.groups)
+    return Judgements(judgements.kind, recs, judgements.source, judgements.has_prompts, judgements.groups,
+                      judgements.warnings)
 
 
 def _folds(units: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -596,7 +652,7 @@ def _folds(units: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _evaluate_comparisons(view: _View, items: np.ndarray, names: list[str], valid: np.ndarray, config: EvalConfig,
-                          temps: Mapping[str, float], notes: list[str]):
+                          temps: Mapping[str, float], notes: list[str], unit_name: str):
     delta_all = items[view.ci] - items[view.cj]  # (n_comp, M), oriented
     human_all = view.human
     split = view.columns.get(config.split_column)
@@ -672,32 +728,36 @@ def _evaluate_comparisons(view: _View, items: np.ndarray, names: list[str], vali
             V[:, base + 2] = 1.0 - discordant
             W[:, base + 2] = 1.0 / per_rec[rec]
     keys = [f"{c}|{s}" for c in names for s in stats_list]
-    rows, samples = _summarise(keys, V, W, units, config, "all", "all", ev.size)
+    records = view.rows_record[ev]
+    rows, samples, overall = _summarise(keys, V, W, units, records, unit_name, config, "all", "all", ev.size)
     for g in config.group_by:
         col = view.columns[g][ev]
         for level in sorted(set(col)):
             sel = col == level
-            sub_rows, _ = _summarise(keys, V[sel], W[sel], units[sel], config, g, level, int(sel.sum()))
+            sub_rows, _, _ = _summarise(keys, V[sel], W[sel], units[sel], records[sel], unit_name, config, g, level,
+                                        int(sel.sum()))
             rows += sub_rows
-    return rows, samples, thresholds
+    return rows, samples, thresholds, overall
 
 
-def _summarise(keys: list[str], V: np.ndarray, W: np.ndarray, units: np.ndarray, config: EvalConfig,
-               group: str, level: str, n: int):
+def _summarise(keys: list[str], V: np.ndarray, W: np.ndarray, units: np.ndarray, records: np.ndarray, unit_name: str,
+               config: EvalConfig, group: str, level: str, n: int):
     est = weighted_mean(V, W) if V.shape[0] else np.full(len(keys), math.nan)
     n_units = int(np.unique(units.astype(str)).size)
+    how = choose_resampling(units, unit_name, records, "record", config.level)
     samples = None
-    if config.n_boot > 0 and V.shape[0] > 0:
-        plan = BootstrapPlan(units, config.n_boot, config.seed)
+    if config.n_boot > 0 and how.available:
+        plan = BootstrapPlan(how.labels, config.n_boot, config.seed)
         reps = plan.ratio_of_sums(V, W)
-        samples = BootstrapSamples(keys, est, reps, config.level, n_units)
+        samples = BootstrapSamples(keys, est, reps, config.level, how.n_units)
     rows = []
     for k, key in enumerate(keys):
         metric, stat = key.split("|")
         iv = samples.interval(key) if samples is not None else Interval(float(est[k]), math.nan, math.nan, config.level)
         n_used = int((W[:, k] > 0).sum())
-        rows.append([group, level, metric, stat, iv.estimate, iv.low, iv.high, n_used if stat != INVERSION else n, n_units])
-    return rows, samples
+        rows.append([group, level, metric, stat, iv.estimate, iv.low, iv.high, n_used if stat != INVERSION else n, n_units,
+                     how.unit if samples is not None else "", how.n_units if samples is not None else 0])
+    return rows, samples, how
 
 
 def _rating_stats(x: np.ndarray, y: np.ndarray, mapped: np.ndarray) -> list[float]:
@@ -706,9 +766,9 @@ def _rating_stats(x: np.ndarray, y: np.ndarray, mapped: np.ndarray) -> list[floa
 
 
 def _evaluate_ratings(view: _View, items: np.ndarray, names: list[str], valid: np.ndarray, config: EvalConfig,
-                      notes: list[str]):
+                      notes: list[str], unit_name: str):
     ok = np.flatnonzero(valid)
-    X, y, units = items[ok], view.mos[ok], view.units[ok]
+    X, y, units, records = items[ok], view.mos[ok], view.units[ok], view.rows_record[ok]
     fits = {}
     mapped = np.full_like(X, math.nan)
     for m, c in enumerate(names):
@@ -735,23 +795,25 @@ def _evaluate_ratings(view: _View, items: np.ndarray, names: list[str], valid: n
     def summarise(rows_sel: np.ndarray, group: str, level: str):
         est = stat(rows_sel)[keep]
         n_units = int(np.unique(units[rows_sel].astype(str)).size)
+        how = choose_resampling(units[rows_sel], unit_name, records[rows_sel], "record", config.level)
         samples = None
-        if config.n_boot > 0 and rows_sel.size > 2:
-            plan = BootstrapPlan(units[rows_sel], config.n_boot, config.seed)
+        if config.n_boot > 0 and how.available:
+            plan = BootstrapPlan(how.labels, config.n_boot, config.seed)
             reps = plan.apply(lambda r: stat(rows_sel[r]))[:, keep]
-            samples = BootstrapSamples(keys, est, reps, config.level, n_units)
+            samples = BootstrapSamples(keys, est, reps, config.level, how.n_units)
         out = []
         for k, key in enumerate(keys):
             metric, s = key.split("|")
             iv = samples.interval(key) if samples is not None else Interval(float(est[k]), math.nan, math.nan, config.level)
-            out.append([group, level, metric, s, iv.estimate, iv.low, iv.high, int(rows_sel.size), n_units])
-        return out, samples
+            out.append([group, level, metric, s, iv.estimate, iv.low, iv.high, int(rows_sel.size), n_units,
+                        how.unit if samples is not None else "", how.n_units if samples is not None else 0])
+        return out, samples, how
 
     all_rows = np.arange(ok.size)
-    rows, samples = summarise(all_rows, "all", "all")
+    rows, samples, overall = summarise(all_rows, "all", "all")
     for g in config.group_by:
         col = view.columns[g][ok]
         for level in sorted(set(col)):
-            sub, _ = summarise(np.flatnonzero(col == level), g, level)
+            sub, _, _ = summarise(np.flatnonzero(col == level), g, level)
             rows += sub
-    return rows, samples, fits
+    return rows, samples, fits, overall

@@ -25,22 +25,29 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _ci(est, low, high) -> str:
+def _ci(est, low, high, boot: bool = False) -> str:
+    """``est [low, high]``; without an interval ``est`` (``est [CI n/a]`` when a bootstrap was asked for)."""
     if est is None or not math.isfinite(est):
         return "–"
     if low is None or not math.isfinite(low):
-        return f"{est:.3f}"
+        return f"{est:.3f} [CI n/a]" if boot else f"{est:.3f}"
     return f"{est:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _p(p) -> str:
+    return "n/a" if p is None or not math.isfinite(p) else f"{p:.4f}"
 
 
 def print_evaluation(result) -> None:
     """Rich tables of an EvaluationResult: overall agreement, paired tests, notes."""
+    from .agreement import resampling_label
+
     t = result.table
     overall = t[t.group == "all"]
     stats = list(dict.fromkeys(overall.statistic))
     level = result.settings.get("level", 0.95)
-    unit = result.settings.get("resample_unit", "prompt")
-    table = Table(title=f"Agreement with human {result.kind} ({level:.0%} bootstrap CI, {unit}s resampled)")
+    boot = bool(result.settings.get("n_boot"))
+    table = Table(title=f"Agreement with human {result.kind} ({level:.0%} bootstrap CI, {resampling_label(result.settings)})")
     table.add_column("metric")
     for s in stats:
         table.add_column(s, justify="right")
@@ -50,7 +57,7 @@ def print_evaluation(result) -> None:
         cells = []
         for s in stats:
             r = rows[rows.statistic == s]
-            cells.append(_ci(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high) if not r.empty else "–")
+            cells.append(_ci(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high, boot) if not r.empty else "–")
         table.add_row(m, *cells, f"{int(rows.n.max())} / {int(rows.units.max())}")
     console.print(table)
     if len(result.tests):
@@ -58,7 +65,7 @@ def print_evaluation(result) -> None:
         for c in ("statistic", "metric_a", "metric_b", "difference [CI]", "p"):
             tt.add_column(c, justify="right" if c in ("difference [CI]", "p") else "left")
         for r in result.tests.itertuples():
-            tt.add_row(r.statistic, r.metric_a, r.metric_b, _ci(r.difference, r.low, r.high), f"{r.p_value:.4f}")
+            tt.add_row(r.statistic, r.metric_a, r.metric_b, _ci(r.difference, r.low, r.high, boot), _p(r.p_value))
         console.print(tt)
     groups = [g for g in dict.fromkeys(t.group) if g != "all"]
     for g in groups:
@@ -68,15 +75,23 @@ def print_evaluation(result) -> None:
         bt.add_column("metric")
         for s in stats:
             bt.add_column(s, justify="right")
+        bt.add_column("resampled")
         for (level_, metric), frame in sub.groupby(["level", "metric"], sort=False):
             cells = []
             for s in stats:
                 r = frame[frame.statistic == s]
-                cells.append(_ci(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high) if not r.empty else "–")
-            bt.add_row(str(level_), metric, *cells)
+                cells.append(_ci(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high, boot) if not r.empty else "–")
+            bt.add_row(str(level_), metric, *cells, _resampled(frame.iloc[0], boot))
         console.print(bt)
     for n in result.notes:
         err_console.print(f"[dim]note: {escape(n)}[/]")
+
+
+def _resampled(row, boot: bool) -> str:
+    """A breakdown row's resampling: ``12 prompts``, ``9 records`` or ``n/a``."""
+    if not boot:
+        return "–"
+    return f"{int(row.resampled_units)} {row.resampled}s" if row.resampled else "n/a"
 
 
 def print_findings(findings) -> None:
@@ -240,10 +255,18 @@ def register(app: typer.Typer) -> None:
         from .report import write_report
         from .warnings import run_checks
 
+        import warnings
+
+        from .scores import ScoreColumnWarning
+
         try:
             cols = split_names(column) or None
             lib = split_names(lower_is_better)
-            table = ScoreTable.read(scores, cols, lib)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ScoreColumnWarning)
+                table = ScoreTable.read(scores, cols, lib)
+            for w in caught:
+                err_console.print(f"[yellow]warning[/] {escape(str(w.message))}")
             cal = None
             if composite is not None:
                 from .composite import Calibration

@@ -166,9 +166,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], id_: str | Non
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _ci_cell(est, low, high, best: bool = False) -> str:
+def _ci_cell(est, low, high, best: bool = False, boot: bool = False) -> str:
+    """Estimate and interval; ``boot``: a bootstrap was asked for, so a missing interval reads "CI n/a"."""
     cls = "num best" if best else "num"
-    ci = f'<br><span class="ci">[{_fmt(low)}, {_fmt(high)}]</span>' if math.isfinite(float(low if low is not None else math.nan)) else ""
+    if math.isfinite(float(low if low is not None else math.nan)):
+        ci = f'<br><span class="ci">[{_fmt(low)}, {_fmt(high)}]</span>'
+    else:
+        ci = '<br><span class="ci na">CI n/a</span>' if boot else ""
     return f'<td class="{cls}">{_fmt(est)}{ci}</td>'
 
 
@@ -179,11 +183,14 @@ def _agreement_section(evaluation) -> str:
     level = evaluation.settings.get("level", 0.95)
     overall = t[t.group == "all"]
     stats = list(dict.fromkeys(overall.statistic))
+    from .agreement import resampling_label
+
+    boot = bool(evaluation.settings.get("n_boot"))
     parts = [f'<section id="agreement"><h2>Agreement with human judgements</h2>'
              f'<p class="muted">{_e(evaluation.kind)} from {_e(evaluation.settings.get("source", ""))}: '
              f'{evaluation.settings.get("n_records", "")} records. Estimates with {level:.0%} bootstrap intervals '
-             f'({_e(evaluation.settings.get("resample_unit", "prompt"))}s resampled, {evaluation.settings.get("n_boot")} '
-             f'replicates).</p>']
+             f'(<span id="resampling">{_e(resampling_label(evaluation.settings))}</span>, '
+             f'{evaluation.settings.get("n_boot")} replicates).</p>']
     rows = []
     for metric in evaluation.metrics:
         cells = [f"<td>{_e(metric)}</td>"]
@@ -195,7 +202,7 @@ def _agreement_section(evaluation) -> str:
             r = r.iloc[0]
             col = overall[overall.statistic == s].estimate
             best = (r.estimate == (col.min() if s == "rmse_mapped" else col.max())) and len(evaluation.metrics) > 1
-            cells.append(_ci_cell(r.estimate, r.low, r.high, bool(best)))
+            cells.append(_ci_cell(r.estimate, r.low, r.high, bool(best), boot))
         n = overall[overall.metric == metric].n.max()
         u = overall[overall.metric == metric].units.max()
         cells.append(f'<td class="num">{_fmt(int(n))} / {_fmt(int(u))}</td>')
@@ -210,7 +217,8 @@ def _agreement_section(evaluation) -> str:
     tests = evaluation.tests
     if len(tests):
         trows = [[f"<td>{_e(r.statistic)}</td>", f"<td>{_e(r.metric_a)} − {_e(r.metric_b)}</td>",
-                  _ci_cell(r.difference, r.low, r.high), f'<td class="num">{_fmt(r.p_value, 4)}</td>']
+                  _ci_cell(r.difference, r.low, r.high, boot=boot),
+                  f'<td class="num">{"n/a" if not math.isfinite(r.p_value) else _fmt(r.p_value, 4)}</td>']
                  for r in tests.itertuples()]
         parts.append('<h3>Paired bootstrap tests</h3>')
         parts.append(_table(["statistic", "difference", "estimate [CI]", "p-value"], trows, "tests-table"))
@@ -222,11 +230,13 @@ def _agreement_section(evaluation) -> str:
             cells = [f"<td>{_e(level_)}</td>", f"<td>{_e(metric)}</td>"]
             for s in stats:
                 r = frame[frame.statistic == s]
-                cells.append(_ci_cell(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high) if not r.empty else "<td>–</td>")
+                cells.append(_ci_cell(r.iloc[0].estimate, r.iloc[0].low, r.iloc[0].high, boot=boot) if not r.empty else "<td>–</td>")
             cells.append(f'<td class="num">{_fmt(int(frame.n.max()))}</td>')
+            first = frame.iloc[0]
+            cells.append(f"<td>{_e(f'{int(first.resampled_units)} {first.resampled}s' if first.resampled else ('n/a' if boot else '–'))}</td>")
             brows.append(cells)
         parts.append(f"<h3>By {_e(g)}</h3>")
-        parts.append(_table([g, "metric"] + stats + ["n"], brows, f"breakdown-{g}"))
+        parts.append(_table([g, "metric"] + stats + ["n", "resampled"], brows, f"breakdown-{g}"))
     parts.append("</section>")
     return "".join(parts)
 

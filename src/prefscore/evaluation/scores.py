@@ -10,6 +10,7 @@ compared after resolving them to absolute paths, so ``images/x.png`` written fro
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -19,6 +20,39 @@ import numpy as np
 from ..errors import PrefscoreError, PromptError
 
 RESERVED = {"image", "prompt", "error", "image_a", "image_b", "label", "images", "ranks", "score", "margin", "split"}
+
+
+class ScoreColumnWarning(UserWarning):
+    """A score column holds cells that are not numbers; they were read as NaN (missing scores)."""
+
+
+def _coerce(frame, column, source: str) -> tuple[np.ndarray, str | None]:
+    """``column`` as float64 with non-numeric cells as NaN, and a message naming them (None when all cells
+    are numbers or empty)."""
+    import pandas as pd
+
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = [i for i in np.flatnonzero(np.isnan(values)) if not pd.isna(raw.iloc[i]) and str(raw.iloc[i]).strip() != ""]
+    if not bad:
+        return values, None
+    line = (lambda i: f"line {i + 2}") if str(source).lower().endswith((".csv", ".tsv")) else (lambda i: f"row {i + 1}")
+    shown = ", ".join(f"{line(i)} ({str(raw.iloc[i])[:40]!r})" for i in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return values, (f"{source or 'score table'}: score column {column!r} has {len(bad)} cell(s) that are not numbers, "
+                    f"read as missing scores (NaN): {shown}{more}")
+
+
+def _mostly_numeric(frame, column) -> bool:
+    """A text column most of whose non-empty cells are numbers: a score column with a few stray text cells."""
+    import pandas as pd
+
+    raw = frame[column]
+    present = raw[~raw.isna() & (raw.astype(str).str.strip() != "")]
+    if present.empty:
+        return False
+    numeric = pd.to_numeric(present, errors="coerce").notna().sum()
+    return numeric > 0 and numeric * 2 >= len(present)
 
 
 class ScoreLookupError(PrefscoreError, KeyError):
@@ -154,14 +188,17 @@ class ScoreTable:
                    source: str = "", bases: Sequence[Path] = ()) -> "ScoreTable":
         """From a DataFrame with ``image`` (and optionally ``prompt``) and numeric score columns.
 
-        ``columns``: the score columns to use (default: every numeric column that is not reserved).
+        ``columns``: the score columns to use (default: every numeric column that is not reserved, and
+        every text column most of whose cells are numbers). Cells that are not numbers are read as NaN
+        with a :class:`ScoreColumnWarning` naming the column and the first such rows.
         """
         import pandas as pd
 
         if "image" not in frame.columns:
             raise ValueError(f"{source or 'score table'}: no 'image' column (columns: {', '.join(map(str, frame.columns))})")
         if columns is None:
-            columns = [c for c in frame.columns if c not in RESERVED and pd.api.types.is_numeric_dtype(frame[c])]
+            columns = [c for c in frame.columns if c not in RESERVED and (pd.api.types.is_numeric_dtype(frame[c])
+                                                                            or _mostly_numeric(frame, c))]
             if not columns:
                 raise ValueError(f"{source or 'score table'}: no numeric score column besides {', '.join(RESERVED & set(frame.columns))}")
         missing = [c for c in columns if c not in frame.columns]
@@ -169,8 +206,9 @@ class ScoreTable:
             raise ValueError(f"{source or 'score table'}: no column(s) {', '.join(missing)}; columns: {', '.join(map(str, frame.columns))}")
         values = {}
         for c in columns:
-            v = pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
-            values[str(c)] = v
+            values[str(c)], message = _coerce(frame, c, source)
+            if message:
+                warnings.warn(message, ScoreColumnWarning, stacklevel=2)
         prompts = None
         if "prompt" in frame.columns:
             prompts = ["" if (p is None or (isinstance(p, float) and math.isnan(p))) else str(p) for p in frame["prompt"]]

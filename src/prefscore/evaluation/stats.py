@@ -11,6 +11,12 @@ Conventions (see docs/evaluation.md):
   with initial values ``[10, 0, mean(y), 0.1, 0.1]``; both fitted with ``scipy.optimize.curve_fit``.
 - The bootstrap resamples *units* (prompts, when several rows share a prompt) with replacement,
   never rows inside a unit, and reports percentile intervals.
+- Too few units: an interval or p-value needs at least :func:`min_units` independent units
+  (6 at the 95% level): the fewest ``G`` with ``2^(1-G) <= 1 - level``, i.e. the fewest with which
+  even an exact sign-flip test over the units could reach ``p < 1 - level``. With fewer prompts the
+  records (pairs, rankings, ratings) are resampled instead and labelled as such
+  (:func:`choose_resampling`); with fewer records too, intervals and p-values are not available (NaN).
+  A p-value is never reported below ``2^(1-G)`` for the ``G`` units resampled (:func:`p_value_floor`).
 """
 
 from __future__ import annotations
@@ -146,6 +152,70 @@ def rmse(x, y) -> float:
 # -- bootstrap -----------------------------------------------------------------------------------
 
 
+def min_units(level: float = 0.95) -> int:
+    """Fewest independent units for a bootstrap interval or p-value at ``level`` (6 at 0.95, 8 at 0.99).
+
+    The smallest ``G`` with ``2^(1-G) <= 1 - level``: with fewer units no test that treats the units as
+    exchangeable (an exact sign-flip test is the most powerful such) can give a two-sided p-value below
+    ``1 - level``, so a percentile interval at that level would only restate the few units seen.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), not {level}")
+    return max(2, math.ceil(1.0 + math.log2(1.0 / (1.0 - level)) - 1e-9))
+
+
+def p_value_floor(n_units: int) -> float:
+    """Smallest two-sided p-value ``G`` units can support: ``2^(1-G)`` (the exact sign-flip test's), capped at 1."""
+    return 1.0 if n_units < 1 else min(1.0, 2.0 ** (1 - int(n_units)))
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """What a bootstrap resamples. ``unit``: the unit's name (``"prompt"``, ``"record"``, a column);
+    ``labels``: one label per row, or None when there are too few units of any kind (no interval, no
+    p-value); ``fallback``: True when records replace too few of the requested unit; ``reason``: why."""
+
+    unit: str
+    n_units: int
+    labels: np.ndarray | None
+    fallback: bool = False
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.labels is not None
+
+    def describe(self) -> str:
+        """``"prompts"``, ``"records (fallback: only 1 prompt, fewer than 6)"`` or ``"n/a (only 2 records, fewer than 6)"``."""
+        if not self.available:
+            return f"n/a ({self.reason})"
+        name = f"{self.unit}s"
+        return f"{name} (fallback: {self.reason})" if self.fallback else name
+
+
+def _count(n: int, unit: str) -> str:
+    return f"only {n} {unit}{'' if n == 1 else 's'}"
+
+
+def choose_resampling(units, unit: str, records=None, record_unit: str = "record", level: float = 0.95) -> Resampling:
+    """Pick the bootstrap unit: ``units`` (one label per row) when there are at least :func:`min_units`
+    distinct ones, else ``records`` (one label per row: the judgement record of the row; treated as
+    independent, which they are not when they share a prompt, hence the label), else nothing."""
+    need = min_units(level)
+    labels = np.asarray(units, dtype=object).astype(str)
+    n = int(np.unique(labels).size)
+    if n >= need:
+        return Resampling(unit, n, labels)
+    short = f"{_count(n, unit)}, fewer than {need}"
+    if records is not None and record_unit != unit:
+        rec = np.asarray(records, dtype=object).astype(str)
+        n_rec = int(np.unique(rec).size)
+        if n_rec >= need:
+            return Resampling(record_unit, n_rec, rec, True, short)
+        short += f"; {_count(n_rec, record_unit)}"
+    return Resampling(unit, n, None, False, short)
+
+
 class BootstrapPlan:
     """Resampling of independent units with replacement, reproducible from ``seed``.
 
@@ -261,7 +331,8 @@ class PairedTest:
     """Difference ``a - b`` of one statistic between two metrics on the same resampled units.
 
     ``p_value``: two-sided bootstrap p-value of "no difference",
-    ``min(1, 2 min((#{d <= 0} + 1), (#{d >= 0} + 1)) / (B + 1))``.
+    ``min(1, 2 min((#{d <= 0} + 1), (#{d >= 0} + 1)) / (B + 1))``, never below
+    :func:`p_value_floor` of the number of units resampled (NaN without replicates).
     """
 
     difference: Interval
@@ -273,8 +344,10 @@ class PairedTest:
         return not (self.difference.low <= 0.0 <= self.difference.high)
 
 
-def paired_test(estimate_a: float, estimate_b: float, samples_a, samples_b, level: float = 0.95) -> PairedTest:
-    """Paired bootstrap test from replicates drawn with the same :class:`BootstrapPlan`."""
+def paired_test(estimate_a: float, estimate_b: float, samples_a, samples_b, level: float = 0.95,
+                n_units: int | None = None) -> PairedTest:
+    """Paired bootstrap test from replicates drawn with the same :class:`BootstrapPlan` of ``n_units``
+    units (when given, the p-value is at least ``2^(1 - n_units)``)."""
     a, b = np.asarray(samples_a, dtype=np.float64), np.asarray(samples_b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError("paired samples must come from the same bootstrap plan (same shape)")
@@ -285,7 +358,10 @@ def paired_test(estimate_a: float, estimate_b: float, samples_a, samples_b, leve
         return PairedTest(interval, math.nan, 0)
     le = (np.count_nonzero(d <= 0) + 1) / (d.size + 1)
     ge = (np.count_nonzero(d >= 0) + 1) / (d.size + 1)
-    return PairedTest(interval, float(min(1.0, 2.0 * min(le, ge))), int(d.size))
+    p = min(1.0, 2.0 * min(le, ge))
+    if n_units is not None:
+        p = max(p, p_value_floor(n_units))
+    return PairedTest(interval, float(p), int(d.size))
 
 
 @dataclass
@@ -296,7 +372,7 @@ class BootstrapSamples:
     estimates: np.ndarray
     samples: np.ndarray  # (n_boot, len(names))
     level: float = 0.95
-    n_units: int = 0
+    n_units: int = 0  # units resampled (the p-value floor's G); 0: unknown
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -309,4 +385,4 @@ class BootstrapSamples:
     def test(self, a: str, b: str) -> PairedTest:
         i, j = self.index[a], self.index[b]
         return paired_test(float(self.estimates[i]), float(self.estimates[j]), self.samples[:, i], self.samples[:, j],
-                           self.level)
+                           self.level, self.n_units or None)

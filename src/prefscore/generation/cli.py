@@ -60,14 +60,26 @@ def load_pipeline(source: str, device: str, dtype: str):
     """A diffusers pipeline from a hub id or local folder, on ``device`` in ``dtype``, progress bar off."""
     from diffusers import DiffusionPipeline
 
+    from .. import hub
     from ..base import resolve_dtype
+    from ..errors import ModelSourceError
 
+    if not hub.is_local(source) and not hub.hub_reachable():
+        try:  # offline: only the hub cache can hold it; say so instead of diffusers' "see the stacktrace above"
+            source = str(hub.local_dir(source, ["*"], what="diffusers pipeline"))
+        except ModelSourceError as exc:
+            raise typer.BadParameter(f"--pipeline: {exc}") from None
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=resolve_dtype(dtype))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, SafetensorError, ...: diffusers raises many kinds
         raise typer.BadParameter(f"--pipeline {source}: cannot load a diffusers pipeline ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[red]error:[/] {escape(str(exc))}")
+    raise typer.Exit(2)
 
 
 def _pipeline_kwargs(steps: Optional[int], guidance: Optional[float], height: Optional[int], width: Optional[int]) -> dict:
@@ -106,12 +118,17 @@ def register(app: typer.Typer) -> None:
 
         if (metric is None) == (composite is None):
             raise typer.BadParameter("give exactly one of --metric NAME or --composite CALIBRATION.json")
+        from ..errors import PrefscoreError
+
         texts = read_prompts(prompts)
-        if composite is not None:
-            scorer = prefscore.load("composite", model=str(composite), device=device)
-        else:
-            opts = parse_options(option, [metric]).get(metric, {})
-            scorer = prefscore.load(metric, model=model, device=device, **opts)
+        try:
+            if composite is not None:
+                scorer = prefscore.load("composite", model=str(composite), device=device)
+            else:
+                opts = parse_options(option, [metric]).get(metric, {})
+                scorer = prefscore.load(metric, model=model, device=device, **opts)
+        except (PrefscoreError, ValueError, TypeError) as exc:  # a metric that cannot be loaded: say which and why
+            _fail(exc)
         pipe = load_pipeline(pipeline, device, dtype)
         kwargs = _pipeline_kwargs(steps, guidance, height, width)
         if threshold is None:
@@ -178,12 +195,17 @@ def register(app: typer.Typer) -> None:
             lo, hi = (int(v) for v in refl_steps.split(","))
         except ValueError:
             raise typer.BadParameter(f"--refl-steps {refl_steps!r}: expected two integers LOW,HIGH") from None
+        from ..errors import PrefscoreError
+
         texts = read_prompts(prompts)
-        target = load_reward(reward or "", model, str(composite) if composite else None, device)
-        tracked = []
-        for item in held_out:
-            name, _, source = item.partition("=")
-            tracked.append(load_reward(name.strip(), source.strip() or None, None, device))
+        try:
+            target = load_reward(reward or "", model, str(composite) if composite else None, device)
+            tracked = []
+            for item in held_out:
+                name, _, source = item.partition("=")
+                tracked.append(load_reward(name.strip(), source.strip() or None, None, device))
+        except (PrefscoreError, ValueError, TypeError) as exc:  # a reward metric that cannot be loaded
+            _fail(exc)
         config = FinetuneConfig(method=method, steps=train_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                                 num_inference_steps=inference_steps, refl_steps=(lo, hi), draft_k=draft_k,
                                 guidance_scale=guidance, reward_target=reward_target, grad_scale=grad_scale,
@@ -196,7 +218,10 @@ def register(app: typer.Typer) -> None:
                                 pretrain_data=pretrain_data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RewardHackingWarning)  # reported below
-            result = tuner.train(progress=True, resume=resume)
+            try:
+                result = tuner.train(progress=True, resume=resume)
+            except PrefscoreError as exc:  # e.g. a checkpoint in the run folder that is refused
+                _fail(exc)
         table = Table(title=f"{method} on {target.name}: held-out evaluation (means over the eval images)")
         names = list(result.evaluations[-1]["means"])
         table.add_column("step", justify="right")

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..backbones.clip import load_weights
 from .diffusion import DiffusionParts, make_scheduler, to_pil
 from .draft import draft_loss
 from .lora import LoraSettings, add_lora, export_lora, load_lora, save_lora
@@ -275,7 +276,7 @@ class RewardFinetuner:
 
     def load_checkpoint(self, directory: str | Path) -> None:
         directory = Path(directory)
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        state = load_weights(directory / STATE_FILE)
         saved, current = state["config"], _config_dict(self.config)
         changed = [k for k in ("method", "lora", "batch_size", "grad_accum", "num_inference_steps", "seed")
                    if saved.get(k) != current.get(k)]

@@ -101,8 +101,9 @@ def register(app: typer.Typer) -> None:
         m = result.metrics
         lines = [f"model written to {result.out} ({result.meta['stopped']}, best {result.meta['best']})"]
         if m.get("pairwise_accuracy") is not None:
-            lo, hi = m.get("pairwise_accuracy_ci", [float("nan")] * 2)
-            lines.append(f"validation pairwise accuracy {m['pairwise_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {m['strict_pairs']} pairs)")
+            from .report import accuracy_ci_text
+
+            lines.append(f"validation pairwise accuracy {m['pairwise_accuracy']:.3f} ({accuracy_ci_text(m)}, {m['strict_pairs']} pairs)")
         if m.get("tie_aware_accuracy") is not None:
             lines.append(f"tie-aware accuracy {m['tie_aware_accuracy']:.3f} (chance {m['tie_chance']:.3f}, threshold {result.meta['tie_threshold']})")
         if m.get("srcc") is not None:

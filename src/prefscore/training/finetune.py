@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__, hub, preprocess
-from ..backbones.clip import OPENAI_ARCH
+from ..backbones.clip import OPENAI_ARCH, load_weights
 from ..backbones.loading import HF_CLIP_FILES, hf_text_features, load_clip_processor, load_clip_tower
 from ..data import Judgements, Pair
 from ..errors import ModelSourceError
@@ -263,7 +263,7 @@ def finetune(train_j: Judgements, val_j: Judgements, desc: dict, out: Path, conf
     step, history, best, bad, best_step = 0, [], math.inf, 0, 0
     latest = _latest_checkpoint(ckpt_dir) if cfg.resume else None
     if latest is not None:
-        state = torch.load(latest, map_location=device, weights_only=False)
+        state = load_weights(latest, map_location=device)
         unknown = set(state["model"]) - set(trainable)
         if unknown:
             raise ValueError(f"{latest}: checkpoint trains other tensors than this configuration ({sorted(unknown)[:3]}...)")
@@ -358,9 +358,9 @@ def finetune(train_j: Judgements, val_j: Judgements, desc: dict, out: Path, conf
     if val_pairs:
         o = _outcome(m, val_pairs, val_groups, cfg.batch_size * 2)
         acc, n = pairwise_accuracy(o)
-        metrics.update(pairwise_accuracy=acc, strict_pairs=n,
-                       pairwise_accuracy_ci=list(bootstrap_accuracy_ci(o, config.bootstrap, config.seed)),
-                       val_ties=int((o.target == 0.5).sum()))
+        lo, hi, how = bootstrap_accuracy_ci(o, config.bootstrap, config.seed)
+        metrics.update(pairwise_accuracy=acc, strict_pairs=n, pairwise_accuracy_ci=[lo, hi],
+                       pairwise_accuracy_ci_resampled=how, val_ties=int((o.target == 0.5).sum()))
         if metrics["val_ties"]:
             metrics["tie_aware_accuracy"] = tie_aware_accuracy(o, config.temperature, tie_t)
             metrics["tie_chance"] = tie_chance(o, tie_t)

@@ -17,6 +17,7 @@ from ..backbones.clip import OPENAI_ARCH
 from ..backbones.loading import hf_text_features, load_clip_processor, load_clip_tower
 from ..base import Metric
 from ..errors import CheckpointError
+from ..hub import check_safetensors
 from .. import preprocess
 from .features import build_extractor, combine
 from .heads import HeadConfig, load_head
@@ -70,6 +71,7 @@ class CustomMetric(Metric):
         if not head_path.is_file():
             raise CheckpointError(f"{self.root}: {HEAD_FILE} is missing")
         cfg = self.meta["head"]
+        check_safetensors(head_path)
         self.head = load_head(load_file(str(head_path)), HeadConfig(cfg["kind"], tuple(cfg["hidden"]), cfg["dropout"]),
                               str(head_path)).to(self.device)
         self.mode = self.meta["features"]

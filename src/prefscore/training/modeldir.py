@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..hub import read_json
 from ..registry import MODEL_CARD_FILE
 from .report import model_card, plot_curve
 
@@ -62,7 +63,7 @@ def read_meta(root: str | Path) -> dict:
     card = root / MODEL_CARD_FILE
     if not card.is_file():
         raise CheckpointError(f"{root}: no {MODEL_CARD_FILE}; not a model directory written by `prefscore train`")
-    meta = json.loads(card.read_text())
+    meta = read_json(card, "model description")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{card}: unsupported model format {meta.get('format')!r} (this prefscore reads format {FORMAT})")
     for key in ("kind", "objective", "prompt_aware", "backbone", "temperature"):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..evaluation.agreement import choose_tie_threshold as choose_pickapic_threshold
 from ..evaluation.agreement import tie_credits, tie_free_correct
-from ..evaluation.stats import BootstrapPlan, percentile_interval, plcc, rmse, srcc
+from ..evaluation.stats import BootstrapPlan, choose_resampling, percentile_interval, plcc, rmse, srcc
 
 
 @dataclass
@@ -42,16 +42,34 @@ def _delta_human(o: PairOutcome) -> tuple[np.ndarray, np.ndarray]:
     return o.score_a - o.score_b, np.where(o.target == 0.5, 0, np.where(o.target > 0.5, 1, -1))
 
 
-def bootstrap_accuracy_ci(o: PairOutcome, reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of :func:`pairwise_accuracy`, resampling prompts (the independent unit)."""
+def bootstrap_accuracy_ci(o: PairOutcome, reps: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, str]:
+    """Percentile bootstrap CI of :func:`pairwise_accuracy`, resampling prompts (the independent unit).
+
+    Returns ``(low, high, resampled)``: ``resampled`` says what was resampled (``"prompts"``; ``"pairs
+    (fallback: ...)"`` with fewer prompts than :func:`~prefscore.evaluation.stats.min_units`); with too
+    few pairs as well the interval is NaN and ``resampled`` says why (``"n/a (...)"``).
+    """
     strict = o.target != 0.5
     if not strict.any() or reps <= 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, "n/a (no strict pairs)" if reps > 0 else "no bootstrap"
     delta, human = _delta_human(o)
     correct = tie_free_correct(delta[strict], human[strict])
-    samples = BootstrapPlan(o.group[strict], n_boot=reps, seed=seed).ratio_of_sums(correct)[:, 0]
+    how = choose_resampling(o.group[strict], "prompt", np.arange(int(strict.sum())), "pair", level)
+    if not how.available:
+        return math.nan, math.nan, how.describe()
+    samples = BootstrapPlan(how.labels, n_boot=reps, seed=seed).ratio_of_sums(correct)[:, 0]
     interval = percentile_interval(float(correct.mean()), samples, level)
-    return interval.low, interval.high
+    return interval.low, interval.high, how.describe()
+
+
+def accuracy_ci_text(m: dict) -> str:
+    """``95% bootstrap CI 0.800-0.900; resampled: prompts`` (or what replaced prompts, or why there is none)."""
+    ci = m.get("pairwise_accuracy_ci") or [math.nan, math.nan]
+    how = m.get("pairwise_accuracy_ci_resampled", "prompts")
+    if ci[0] is None or not math.isfinite(ci[0]):
+        return f"95% CI {how if how.startswith('n/a') else 'n/a'}"
+    return f"95% bootstrap CI {_fmt(ci[0])}-{_fmt(ci[1])}; resampled: {how}"
 
 
 def preference_probability(o: PairOutcome, temperature: float) -> np.ndarray:
@@ -85,17 +103,21 @@ def choose_tie_threshold(o: PairOutcome, temperature: float) -> float:
 
 
 def rating_metrics(pred: np.ndarray, target: np.ndarray, reps: int = 1000, seed: int = 0) -> dict:
-    """SRCC and PLCC (plain, no logistic mapping) with a percentile bootstrap CI of SRCC over images, and RMSE."""
+    """SRCC and PLCC (plain, no logistic mapping) with a percentile bootstrap CI of SRCC over images
+    (at least :func:`~prefscore.evaluation.stats.min_units` images; ``srcc_ci_resampled`` says), and RMSE."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     out = {"n": int(len(pred)), "rmse": rmse(pred, target)}
     if len(pred) < 3:
         return out | {"srcc": math.nan, "plcc": math.nan}
     out["srcc"], out["plcc"] = srcc(pred, target), plcc(pred, target)
     if reps > 0:
-        samples = BootstrapPlan(np.arange(len(pred)), n_boot=reps, seed=seed).apply(lambda rows: srcc(pred[rows], target[rows]))
-        interval = percentile_interval(out["srcc"], samples[:, 0])
-        if math.isfinite(interval.low):
-            out["srcc_ci"] = [interval.low, interval.high]
+        how = choose_resampling(np.arange(len(pred)), "image")
+        out["srcc_ci_resampled"] = how.describe()
+        if how.available:
+            samples = BootstrapPlan(how.labels, n_boot=reps, seed=seed).apply(lambda rows: srcc(pred[rows], target[rows]))
+            interval = percentile_interval(out["srcc"], samples[:, 0])
+            if math.isfinite(interval.low):
+                out["srcc_ci"] = [interval.low, interval.high]
     return out
 
 
@@ -169,9 +191,8 @@ def model_card(meta: dict) -> str:
         "## Validation results",
     ]
     if m.get("pairwise_accuracy") is not None:
-        ci = m.get("pairwise_accuracy_ci") or [math.nan, math.nan]
         lines.append(
-            f"- pairwise accuracy: **{_fmt(m['pairwise_accuracy'])}** (95% bootstrap CI over prompts {_fmt(ci[0])}-{_fmt(ci[1])}; "
+            f"- pairwise accuracy: **{_fmt(m['pairwise_accuracy'])}** ({accuracy_ci_text(m)}; "
             f"{m.get('strict_pairs')} strict pairs, human ties skipped, equal scores wrong; chance 0.5)"
         )
     if m.get("tie_aware_accuracy") is not None:
@@ -181,7 +202,11 @@ def model_card(meta: dict) -> str:
         )
     for key in ("srcc", "plcc", "rmse"):
         if m.get(key) is not None:
-            extra = f" (95% CI {_fmt(m['srcc_ci'][0])}-{_fmt(m['srcc_ci'][1])})" if key == "srcc" and m.get("srcc_ci") else ""
+            extra = ""
+            if key == "srcc" and m.get("srcc_ci"):
+                extra = f" (95% CI {_fmt(m['srcc_ci'][0])}-{_fmt(m['srcc_ci'][1])}, images resampled)"
+            elif key == "srcc" and m.get("srcc_ci_resampled", "").startswith("n/a"):
+                extra = f" (95% CI {m['srcc_ci_resampled']})"
             lines.append(f"- {key.upper()}: {_fmt(m[key])}{extra}")
     lines += [
         "",

@@ -428,8 +428,9 @@ def _evaluate(head, scorer, tr: _Examples, va: _Examples | None, img_row, prompt
         return metrics, tie_t
     o = _outcome(head, scorer, va, img_row, prompt_row)
     acc, n = pairwise_accuracy(o)
-    metrics.update(pairwise_accuracy=acc, strict_pairs=n,
-                   pairwise_accuracy_ci=list(bootstrap_accuracy_ci(o, config.bootstrap, config.seed)))
+    lo, hi, how = bootstrap_accuracy_ci(o, config.bootstrap, config.seed)
+    metrics.update(pairwise_accuracy=acc, strict_pairs=n, pairwise_accuracy_ci=[lo, hi],
+                   pairwise_accuracy_ci_resampled=how)
     if config.objective != "rating":
         metrics["val_ties"] = int((o.target == 0.5).sum())
         if metrics["val_ties"]:
