@@ -113,10 +113,12 @@ def _check_path(path: Path, name: str) -> None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageError(name, "symbolic link loop (the link points back to itself)") from None
-        if path.is_symlink():
-            raise ImageError(name, f"dangling symbolic link (its target {os.readlink(path)} does not exist)") from None
         if exc.errno == errno.ENOENT:
-            raise ImageError(name, "file not found") from None
+            try:
+                target = os.readlink(path)
+            except OSError:  # not a link
+                raise ImageError(name, "file not found") from None
+            raise ImageError(name, f"dangling symbolic link (its target {target} does not exist)") from None
         raise ImageError(name, f"cannot read: {exc.strerror or exc}") from None
     if path.is_dir():
         try:
@@ -221,7 +223,11 @@ def find_images(paths, recursive: bool = True, suffixes=IMAGE_SUFFIXES) -> tuple
     skipped: list[Path] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # e.g. inside a folder without search permission: an error row (load_image says why)
+            is_dir = False
+        if is_dir:
             _scan(p, recursive, suffixes, images, skipped, set())
         else:
             images.append(p)

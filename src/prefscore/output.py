@@ -51,7 +51,10 @@ def image_key(image: str) -> str:
     image = str(image)
     if "://" in image:
         return image
-    return str(Path(image).resolve())
+    try:
+        return str(Path(image).resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop: the absolute path as written
+        return os.path.abspath(image)
 
 
 def row_key(row: dict) -> tuple[str, str | None]:
