@@ -4,7 +4,6 @@ records, kill -9, path and prompt keys), folder scans, prompts files, truncated 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import signal
