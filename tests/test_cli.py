@@ -42,7 +42,7 @@ def test_score_folder_with_bad_files_csv(folder, tmp_path):
     model = shared_fixture("laion-aesthetic") / "model"
     out = tmp_path / "scores.csv"
     result = runner.invoke(app, ["score", str(folder), "-m", "laion-aesthetic", "--model", str(model), "-o", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # finished, with error rows
     rows = list(csv.DictReader(out.open()))
     by_name = {r["image"].split("/")[-1]: r for r in rows}
     assert set(by_name) == {"landscape.png", "gray.png", "tiny.png", "corrupt.jpg", "notes.png"}

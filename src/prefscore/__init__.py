@@ -14,9 +14,11 @@ from .errors import (
     ModelSourceError,
     PrefscoreError,
     PromptError,
+    PromptTruncationWarning,
     ScoringError,
     UnknownMetricError,
 )
+from .images import set_max_pixels
 from .registry import MetricSpec, get_spec, list_metrics, load
 
 __version__ = "0.1.0"
@@ -29,10 +31,12 @@ __all__ = [
     "ModelSourceError",
     "PrefscoreError",
     "PromptError",
+    "PromptTruncationWarning",
     "ScoringError",
     "UnknownMetricError",
     "__version__",
     "get_spec",
     "list_metrics",
     "load",
+    "set_max_pixels",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import PromptError, ScoringError
+from .errors import PromptError, PromptTruncationWarning, ScoringError
 from .images import IMAGE_SUFFIXES, ImageInput
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ class Metric:
         if not self.needs_prompt and prompts is not None:
             raise PromptError(f"metric '{self.spec.name}' scores images alone; it takes no prompt")
         out, errors = self._score_items(items, aligned, batch_size or self.default_batch_size, progress)
+        if aligned:
+            self.warn_truncated(aligned, stacklevel=3)
         if errors and on_error == "raise":
             raise ScoringError(self._shape(out, single), errors)
         return self._shape(out, single)
@@ -203,6 +206,34 @@ class Metric:
         :meth:`forward` makes of ``pixels``, or None (default). Engines then encode a batch once for
         all metrics whose towers hold identical weights, and may cache these features on disk."""
         return None
+
+    def note_truncation(self, prompts: Sequence[str], count_tokens: Callable[[list[str]], list[int]], limit: int) -> None:
+        """Record which of ``prompts`` the tokenizer cuts: ``count_tokens`` gives their untruncated
+        lengths (special tokens included), ``limit`` the tokens the model takes. Prompts seen before are
+        not counted again."""
+        seen = self.__dict__.setdefault("_truncated", {})
+        self._token_limit = limit
+        new = [p for p in dict.fromkeys(prompts) if p not in seen]
+        if new:
+            for p, n in zip(new, count_tokens(new)):
+                seen[p] = n > limit
+
+    def truncated_prompts(self, prompts: Iterable[str]) -> list[str]:
+        """The distinct prompts among ``prompts`` that this metric's tokenizer cut (once encoded)."""
+        seen = self.__dict__.get("_truncated", {})
+        return [p for p in dict.fromkeys(prompts) if seen.get(p)]
+
+    def warn_truncated(self, prompts: Iterable[str], stacklevel: int = 2) -> str | None:
+        """One :class:`PromptTruncationWarning` for a run: how many of its distinct prompts were cut.
+        Returns the message (None when nothing was cut)."""
+        cut = self.truncated_prompts(prompts)
+        if not cut:
+            return None
+        limit = getattr(self, "_token_limit", None)
+        message = (f"{self.name}: {len(cut)} prompt(s) longer than the model's {limit} tokens were truncated, as the "
+                   f"reference implementation does (e.g. {cut[0][:60]!r}{'...' if len(cut[0]) > 60 else ''})")
+        warnings.warn(message, PromptTruncationWarning, stacklevel=stacklevel)
+        return message
 
     def cached_text_features(self, prompts: list[str], encode: Callable[[list[str]], torch.Tensor], maxsize: int = 4096) -> torch.Tensor:
         """Features of each prompt, encoding each distinct prompt once (LRU cache across calls)."""

@@ -31,6 +31,10 @@ class PromptError(PrefscoreError, ValueError):
     """Prompts missing for a prompt-aware metric, or not aligned with the images."""
 
 
+class PromptTruncationWarning(UserWarning):
+    """Prompts longer than a metric's text context were cut (as its reference implementation does)."""
+
+
 class ModelSourceError(PrefscoreError, OSError):
     """A model that cannot be found locally and cannot be downloaded (offline, missing file)."""
 

@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from PIL import Image, UnidentifiedImageError
-
-from ..errors import PrefscoreError
-from ..images import IMAGE_SUFFIXES
+from ..errors import ImageError, PrefscoreError
+from ..images import IMAGE_SUFFIXES, check_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,10 +92,9 @@ def _check_image(path: Path, where: str) -> None:
     if not path.is_file():
         raise AnnotationInputError(f"{where}: image {path} not found")
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise AnnotationInputError(f"{where}: {path} is not a readable image ({exc})") from None
+        check_image(path)
+    except ImageError as exc:
+        raise AnnotationInputError(f"{where}: {path} is not a readable image ({exc.reason})") from None
 
 
 def _text(value) -> str | None:

@@ -108,8 +108,18 @@ def has_processor(directory: Path) -> bool:
     )
 
 
+def hf_max_length(tokenizer) -> int:
+    """Tokens a CLIP text tower takes (the tokenizer's ``model_max_length``, else CLIP's 77)."""
+    return tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+
+
+def hf_token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Untruncated token counts (special tokens included), to tell which texts a tokenizer cuts."""
+    return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
+
 def hf_text_features(tower: ClipTower, tokenizer, prompts: list[str], device, truncate: bool = True) -> torch.Tensor:
     """Projected text features for ``prompts`` with the HF tokenizer (padded batch, 77 tokens max)."""
-    kwargs = dict(truncation=True, max_length=tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77) if truncate else {}
+    kwargs = dict(truncation=True, max_length=hf_max_length(tokenizer)) if truncate else {}
     batch = tokenizer(prompts, padding=True, return_tensors="pt", **kwargs)
     return tower.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device))

@@ -73,9 +73,11 @@ class _Thumbs:
     def _make(self, path: str) -> str | None:
         from PIL import Image, ImageOps
 
+        from ..errors import ImageError
+        from ..images import load_image
+
         try:
-            with Image.open(path) as im:
-                im.load()
+            with load_image(path, path) as im:
                 im = ImageOps.exif_transpose(im)
                 if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                     rgba = im.convert("RGBA")
@@ -87,7 +89,7 @@ class _Thumbs:
                 im.thumbnail((self.size, self.size))
                 buf = io.BytesIO()
                 im.save(buf, "JPEG", quality=82)
-        except (OSError, ValueError, SyntaxError):
+        except (ImageError, OSError, ValueError, SyntaxError):
             return None
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

@@ -15,7 +15,7 @@ import torch
 
 from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPENAI_ARCH
-from ..backbones.loading import hf_text_features, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
+from ..backbones.loading import hf_max_length, hf_text_features, hf_token_counts, load_clip_tower, load_hf_tokenizer, load_processor_config, processor_dir
 from .similarity import ClipSimilarityMetric
 
 OPENAI_FILES = ("ViT-B-32.pt", "ViT-L-14.pt", "clip.pt", "model.pt")
@@ -53,6 +53,8 @@ class ClipScore(ClipSimilarityMetric):
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         texts = [f"{self.prefix} {p}".strip() if self.prefix else p for p in prompts]
+        self.note_truncation(prompts, lambda ps: hf_token_counts(self.tokenizer, [f"{self.prefix} {p}".strip() if self.prefix else p for p in ps]),
+                             hf_max_length(self.tokenizer))
         return hf_text_features(self.clip, self.tokenizer, texts, self.device)
 
     def preprocess_key(self):

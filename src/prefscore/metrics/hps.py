@@ -51,6 +51,7 @@ class HPSv2(ClipSimilarityMetric):
         return differentiable.hps_tensor(pixels, self.image_size, quantize=quantize)
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
+        self.note_truncation(prompts, lambda ps: [len(self.tokenizer.encode(p)) + 2 for p in ps], self.tokenizer.context_length)
         return self.clip.text_features(self.tokenizer(prompts).to(self.device))
 
     def preprocess_key(self):

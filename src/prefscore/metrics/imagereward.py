@@ -320,6 +320,8 @@ class ImageReward(Metric):
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention masks ``(B, 35)``: ``[CLS] ... [SEP]`` padded with ``[PAD]`` (0),
         truncated to 35 ids as the reference does (the last kept id is ``[SEP]``)."""
+        self.note_truncation(prompts, lambda ps: [len(ids) for ids in self.tokenizer(ps, truncation=False, verbose=False)["input_ids"]],
+                             MAX_LENGTH)
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 

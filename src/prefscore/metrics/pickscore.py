@@ -15,7 +15,7 @@ import torch
 
 from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPEN_CLIP_VIT_H_14
-from ..backbones.loading import has_processor, hf_text_features, load_clip_processor, load_clip_tower
+from ..backbones.loading import has_processor, hf_max_length, hf_text_features, hf_token_counts, load_clip_processor, load_clip_tower
 from .similarity import ClipSimilarityMetric
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
@@ -42,6 +42,7 @@ class PickScore(ClipSimilarityMetric):
         return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
+        self.note_truncation(prompts, lambda ps: hf_token_counts(self.tokenizer, ps), hf_max_length(self.tokenizer))
         return hf_text_features(self.clip, self.tokenizer, prompts, self.device)
 
     def preprocess_key(self):
