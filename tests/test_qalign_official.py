@@ -98,6 +98,20 @@ def test_pixels_equal_the_reference_processor(fixture, cases, metrics):
         np.testing.assert_allclose(pixels.mean(), ref["mean"], atol=1e-6)
 
 
+def test_video_frames_are_the_reference_frames(fixture, cases):
+    """PyAV at 1 fps (int(fps * i)) gives exactly the RGB bytes decord gave the reference."""
+    import hashlib
+
+    from prefscore.metrics.qalign_video import read_video_frames
+
+    for case in single_cases(cases, "video"):
+        frames = read_video_frames(fixture / case["files"][0], case["id"])
+        assert len(frames) == len(case["video"]["frame_indices"])
+        digests = [hashlib.sha256(np.asarray(f, dtype=np.uint8).tobytes()).hexdigest() for f in frames]
+        assert digests == case["video"]["frame_rgb_sha256"]
+        assert list(frames[0].size) == case["video"]["frame_size"]
+
+
 def test_video_batch_scores_each_video_as_alone(fixture, cases, metrics):
     """The official code right-pads videos of different lengths and reads position -1, a padding
     position for the shorter one; prefscore scores each video as it does alone (documented)."""

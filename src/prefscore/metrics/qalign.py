@@ -65,9 +65,12 @@ class QAlignOptions:
     have five words.
     ``question`` / ``answer_prefix``: replace the task's prompt text.
     ``pad_to_square``: pad with the mean colour before resizing (True; the official recipe).
-    ``device_map``: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a 7B model over the
-    GPUs and CPU; needs ``accelerate``). ``model_kwargs``: any other ``from_pretrained`` keyword
-    (``attn_implementation``, ``quantization_config``, ...).
+    ``device_map``: where the weights go instead of ``device``. Official (mPLUG-Owl2) checkpoints:
+    ``"auto"`` splits the LLM layers over the visible GPUs, or a dict from module names (the
+    checkpoint's, e.g. ``"model.layers.16"``; ``""`` for the rest) to devices. Native models: passed
+    to ``from_pretrained`` (needs ``accelerate``). ``model_kwargs``: any other ``from_pretrained``
+    keyword for native models (``attn_implementation``, ``quantization_config``, ...); refused
+    for the official checkpoints, which are not loaded through transformers.
     """
 
     task: str = "quality"
