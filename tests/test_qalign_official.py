@@ -78,7 +78,7 @@ def test_official_cases_batched(fixture, cases, metrics, task):
     assert np.ptp(scores) > 0.05  # the tiny model tells the inputs apart
 
 
-@pytest.mark.parametrize("task", ["quality", "video"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_official_cases_one_by_one(fixture, cases, metrics, task):
     metric = metrics[task]
     for case in single_cases(cases, task):
@@ -172,6 +172,8 @@ def test_weights_load_lazily_and_are_placed_as_asked(fixture, metrics):
     torch.testing.assert_close(core.k_pos_embed, k.float().bfloat16().float(), atol=0, rtol=0)
     with pytest.raises(ValueError, match="model_kwargs"):
         prefscore.load("q-align", model=fixture / "model", model_kwargs={"attn_implementation": "eager"})
+    with pytest.raises(ValueError, match="one image slot"):
+        prefscore.load("q-align", model=fixture / "model", question="Compare <|image|> with this one")
 
 
 def test_device_map_plans():

@@ -80,7 +80,6 @@ class Owl2VisionConfig:
     intermediate_size: int = 4096
     num_hidden_layers: int = 24
     num_attention_heads: int = 16
-    num_channels: int = 3
     image_size: int = 448
     patch_size: int = 14
     layer_norm_eps: float = 1e-6
@@ -313,7 +312,8 @@ class VisionEmbeddings(nn.Module):
         super().__init__()
         patches = (cfg.image_size // cfg.patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
-        self.patch_embed = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
+        # three input channels whatever num_channels says, as the official module
+        self.patch_embed = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
         self.position_embedding = nn.Parameter(torch.zeros(1, patches + 1, cfg.hidden_size))
         self.pre_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
