@@ -1,9 +1,9 @@
-"""q-align: level-probability scoring checked against explicit forward passes of tiny random VLMs.
+"""q-align with the transformers-native backends, checked against explicit forward passes of tiny VLMs.
 
-No official checkpoint can run here (7B mPLUG-Owl2 remote code, transformers 5), so the arithmetic
-is tested independently: tiny LLaVA and Qwen2-VL models (and a tiny stand-in for the mPLUG-Owl2
-remote code) are saved to a temporary directory, loaded through ``prefscore.load("q-align", ...)``,
-and every score is compared with one computed here from a separate forward pass and the formula.
+Tiny LLaVA and Qwen2-VL models are saved to a temporary directory, loaded through
+``prefscore.load("q-align", ...)``, and every score is compared with one computed here from a
+separate forward pass and the formula. The official mPLUG-Owl2 checkpoints (run natively) are
+tested against the official code's recorded outputs in ``test_qalign_official.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from PIL import Image
 
 import prefscore
 from prefscore.errors import ModelSourceError, ScoringError
-from prefscore.metrics import qalign_backends
 from prefscore.metrics.qalign_backends import QAlignBackendError
 from prefscore.metrics.qalign_video import read_video_frames, sample_indices
 
@@ -125,87 +124,6 @@ def qwen_dir(tmp_path_factory):
     fast.save_pretrained(root)
     Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}).save_pretrained(root)
     return root
-
-
-OWL2_CONFIG_PY = """
-from transformers import LlamaConfig
-
-
-class FakeOwl2Config(LlamaConfig):
-    model_type = "mplug_owl2"
-"""
-
-OWL2_MODELING_PY = """
-import torch
-from transformers import LlamaForCausalLM
-
-from .configuration_fake_owl2 import FakeOwl2Config
-
-IMAGE_TOKEN_INDEX = -200
-
-
-class FakeOwl2ForCausalLM(LlamaForCausalLM):
-    # Stand-in for the mPLUG-Owl2 remote code's interface: model(input_ids, images=...) where the
-    # single IMAGE_TOKEN_INDEX of each row is replaced by the visual tokens of that row's image
-    # (a (B, 3, S, S) tensor) or of all its frames (a list of (frames, 3, S, S) tensors).
-    config_class = FakeOwl2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.visual = torch.nn.Linear(3 * 16, 2 * config.hidden_size)
-        self.post_init()
-
-    def encode_images(self, pixels):
-        pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, 4).flatten(1)
-        return self.visual(pooled).view(len(pixels), 2, -1)
-
-    def forward(self, input_ids=None, images=None, **kwargs):
-        if isinstance(images, list):
-            features = [self.encode_images(x).flatten(0, 1) for x in images]
-        else:
-            features = list(self.encode_images(images))
-        embed = self.get_input_embeddings()
-        rows = []
-        for ids, feats in zip(input_ids, features):
-            at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-            rows.append(torch.cat([embed(ids[:at]), feats.to(embed.weight.dtype), embed(ids[at + 1:])]))
-        return super().forward(inputs_embeds=torch.stack(rows), **kwargs)
-"""
-
-
-@pytest.fixture(scope="module")
-def owl2_dir(tmp_path_factory):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("owl2")
-    tok = llama_like_tokenizer()
-    (root / "configuration_fake_owl2.py").write_text(OWL2_CONFIG_PY)
-    (root / "modeling_fake_owl2.py").write_text(OWL2_MODELING_PY)
-    (root / "config.json").write_text(json.dumps({
-        "model_type": "mplug_owl2", "architectures": ["MPLUGOwl2LlamaForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_fake_owl2.FakeOwl2Config",
-                     "AutoModelForCausalLM": "modeling_fake_owl2.FakeOwl2ForCausalLM"},
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 256,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}))
-    config = AutoConfig.from_pretrained(root, trust_remote_code=True)
-    torch.manual_seed(2)
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-    model.save_pretrained(root)
-    tok.save_pretrained(root)
-    (root / "preprocessor_config.json").write_text(json.dumps({  # the values of q-future/one-align
-        "crop_size": 448, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3, "size": 448, "image_processor_type": "CLIPImageProcessor"}))
-    return root
-
-
-@pytest.fixture
-def owl2_transformers(monkeypatch):
-    """Pretend the transformers version the official remote code needs (the stand-in runs on any)."""
-    monkeypatch.setattr(qalign_backends, "installed_transformers", lambda: "4.36.1")
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -373,78 +291,6 @@ def test_qwen2vl_batching_and_padding_side(qwen_dir):
 def test_qwen2vl_level_words_sharing_a_first_token_are_refused(qwen_dir):
     with pytest.raises(ValueError, match="start with the same token"):
         prefscore.load("q-align", model=qwen_dir, levels=("zzz", "zzy", "fair", "poor", "bad"))
-
-
-# -- official mPLUG-Owl2 path ----------------------------------------------------------------------
-def test_owl2_refused_on_transformers_5(owl2_dir):
-    import transformers
-
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.fail("this environment is expected to have transformers 5 (see pyproject)")
-    with pytest.raises(QAlignBackendError, match=rf"transformers {transformers.__version__} is installed") as info:
-        prefscore.load("q-align", model=owl2_dir)
-    assert "4.36.1" in str(info.value) and "< 5" in str(info.value)
-    for bad in ("5.0.0", "4.31.0"):
-        with pytest.raises(QAlignBackendError, match=bad):
-            qalign_backends.check_owl2_transformers(bad)
-    qalign_backends.check_owl2_transformers("4.36.1")
-    qalign_backends.check_owl2_transformers("4.37.2")
-
-
-def owl2_reference(root: Path, samples: list[list[Image.Image]], video: bool) -> np.ndarray:
-    """scorer.py written out: tokenizer_image_token by hand, transformers' CLIP processor on the
-    padded frames, one forward per sample, softmax over the five level logits, weights 5..1."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil
-
-    tok = AutoTokenizer.from_pretrained(root, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(root, trust_remote_code=True).eval()
-    processor = CLIPImageProcessorPil.from_pretrained(root)
-    what = "video" if video else "image"
-    first = tok(f"USER: How would you rate the quality of this {what}?\n")["input_ids"]
-    second = tok(f"\nASSISTANT: The quality of the {what} is")["input_ids"]
-    assert first[0] == second[0] == tok.bos_token_id
-    input_ids = torch.tensor([first + [-200] + second[1:]])
-    level_ids = [tok(w)["input_ids"][1] for w in LEVELS]
-    logits = []
-    for frames in samples:
-        pixels = processor([pad_square(f) for f in frames], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            out = model(input_ids, images=[pixels] if video else pixels)["logits"]
-        logits.append(out[0, -1, level_ids])
-    return expected_from_logits(torch.stack(logits))
-
-
-def test_owl2_matches_official_recipe(owl2_dir, owl2_transformers):
-    images = [rgb(80, 50, 8), rgb(45, 45, 9), rgb(33, 70, 10)]
-    metric = prefscore.load("q-align", model=owl2_dir)
-    backend = metric.backend
-    assert type(backend).__name__ == "Owl2Backend"
-    assert backend.prompt == f"USER: {QUESTION}\n<|image|>\nASSISTANT: {ANSWER}"
-    assert (backend.input_ids == -200).sum() == 1
-    # our 448-px pipeline equals transformers' CLIP processor on the padded image
-    from transformers import CLIPImageProcessorPil
-
-    theirs = CLIPImageProcessorPil.from_pretrained(owl2_dir)(pad_square(images[0]), return_tensors="pt")["pixel_values"][0]
-    ours = backend.pixels(images[0])
-    assert ours.shape == (3, 448, 448)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
-    scores = metric.score(images, batch_size=2)
-    np.testing.assert_allclose(scores, owl2_reference(owl2_dir, [[im] for im in images], video=False), atol=1e-5)
-    assert np.ptp(scores) > 0.005
-    aesthetics = prefscore.load("q-align", model=owl2_dir, task="aesthetics")
-    assert aesthetics.backend.prompt.endswith("\nASSISTANT: The aesthetics of the image is")
-    assert "rate the aesthetics of this image?" in aesthetics.backend.prompt
-
-
-def test_owl2_video_groups_by_frame_count(owl2_dir, owl2_transformers, tmp_path):
-    clips = [[rgb(40, 30, 11), rgb(40, 30, 12)], [rgb(30, 40, 13)], [rgb(50, 20, 14), rgb(20, 50, 15), rgb(16, 16, 16)]]
-    metric = prefscore.load("q-align", model=owl2_dir, task="video-quality")
-    scores = metric.score(clips, batch_size=3)
-    np.testing.assert_allclose(scores, owl2_reference(owl2_dir, clips, video=True), atol=1e-5)
-    path = tmp_path / "clip.mkv"
-    write_video(path, [20, 20, 120, 120, 220, 220], Fraction(2))  # 3 s at 2 fps -> frames 0, 2, 4
-    frames = read_video_frames(path, "clip")
-    np.testing.assert_allclose(metric.score(path), owl2_reference(owl2_dir, [frames], video=True), atol=1e-5)
 
 
 # -- video sampling ------------------------------------------------------------------------------

@@ -221,12 +221,12 @@ def _builtin() -> None:
     ))
     register(MetricSpec(
         name="q-align", family="q-align", aliases=("qalign", "one-align", "onealign"),
-        summary="Q-Align: an LMM's probabilities of five level words (excellent..bad) turned into a score",
+        summary="Q-Align: an LMM's probabilities of five level words (excellent..bad) turned into a score (official mPLUG-Owl2 checkpoints run natively)",
         inputs="image", output_range=(1.0, 5.0), typical="1-5 (or 0-1 with the scorer.py weights)",
         higher_is_better=True, default_model="q-future/one-align",
         weights_license="non-commercial (Q-Align / OneAlign model licence); LLaMA-2 licence applies",
         strength="state-of-the-art agreement with MOS on quality and aesthetics; tasks for images and video",
-        caveat="a 7B model: slow and memory-hungry; non-commercial weights",
+        caveat="8.2B parameters: 16.4 GB in float16/bfloat16, 32.8 GB in float32 (the default); non-commercial weights",
         entry="prefscore.metrics.qalign:QAlign", paper="Wu et al. 2023, Q-Align",
         options=None,
     ))

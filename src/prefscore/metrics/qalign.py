@@ -7,10 +7,11 @@ softmax over those five only, and return ``probabilities . weights``. Weights ``
 give a score in [1, 5] (the HF ``model.score()``, pyiqa, DeQA-Score; the default here);
 ``scale="0-1"`` uses scorer.py's ``[1, 0.75, 0.5, 0.25, 0]``, so ``s_15 = 1 + 4 * s_01``.
 
-Images are padded to a square with the processor's mean colour and resized by its settings
-(448 px for the official checkpoints). Videos (``task="video-quality"``) are read with PyAV at one
-frame per second (indices ``int(fps * i)``), every frame padded and all frames of a video put
-under the single image token of its prompt. Model backends (official mPLUG-Owl2 remote code, or
+Images are padded to a square with the processor's mean colour (in their own mode, as the
+official ``expand2square``) and resized by its settings (448 px for the official checkpoints).
+Videos (``task="video-quality"``) are read with PyAV at one frame per second (indices
+``int(fps * i)``), every frame padded and all frames of a video put under the single image token
+of its prompt. Model backends (the official mPLUG-Owl2 checkpoints run natively, or
 transformers-native LLaVA / Qwen2-VL) are in :mod:`prefscore.metrics.qalign_backends`.
 """
 
@@ -27,7 +28,7 @@ import torch
 
 from ..base import Metric, _Progress
 from ..errors import ImageError, ScoringError
-from ..images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, describe, load_image, to_rgb
+from ..images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, describe, load_image
 from .qalign_backends import QAlignBackendError, make_backend
 from .qalign_video import read_video_frames
 
@@ -64,9 +65,12 @@ class QAlignOptions:
     have five words.
     ``question`` / ``answer_prefix``: replace the task's prompt text.
     ``pad_to_square``: pad with the mean colour before resizing (True; the official recipe).
-    ``device_map``: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a 7B model over the
-    GPUs and CPU; needs ``accelerate``). ``model_kwargs``: any other ``from_pretrained`` keyword
-    (``attn_implementation``, ``quantization_config``, ...).
+    ``device_map``: where the weights go instead of ``device``. Official (mPLUG-Owl2) checkpoints:
+    ``"auto"`` splits the LLM layers over the visible GPUs, or a dict from module names (the
+    checkpoint's, e.g. ``"model.layers.16"``; ``""`` for the rest) to devices. Native models: passed
+    to ``from_pretrained`` (needs ``accelerate``). ``model_kwargs``: any other ``from_pretrained``
+    keyword for native models (``attn_implementation``, ``quantization_config``, ...); refused
+    for the official checkpoints, which are not loaded through transformers.
     """
 
     task: str = "quality"
@@ -159,7 +163,7 @@ class QAlign(Metric):
 
     # -- inputs --------------------------------------------------------------------------------
     def frames(self, item, name: str) -> list:
-        """The RGB frames of one item: one for an image; the 1-fps frames of a video file.
+        """The frames of one item: one for an image (in its stored mode); the 1-fps RGB frames of a video file.
 
         In the video task an image (a path with an image suffix, a PIL image, an ``HxWxC`` array)
         is a one-frame video and a list of images (or a ``TxHxWxC`` array) is a video's frames,
@@ -175,15 +179,11 @@ class QAlign(Metric):
             if isinstance(item, (list, tuple)):
                 if not item:
                     raise ImageError(name, "empty list of frames")
-                return [self._rgb(frame, f"{name}[frame {j}]") for j, frame in enumerate(item)]
-            return [self._rgb(item, name)]
+                return [load_image(frame, f"{name}[frame {j}]") for j, frame in enumerate(item)]
+            return [load_image(item, name)]
         if isinstance(item, (list, tuple)):
             raise ImageError(name, "a list of frames is a video: use task='video-quality'")
-        return [self._rgb(item, name)]
-
-    @staticmethod
-    def _rgb(item, name: str):
-        return to_rgb(load_image(item, name), name)
+        return [load_image(item, name)]
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_items(self, items, prompts, batch_size, progress):
@@ -202,7 +202,7 @@ class QAlign(Metric):
                 for i in range(start, min(start + batch_size, n)):
                     name = describe(items[i], i)
                     try:
-                        samples.append(self.frames(items[i], name))
+                        samples.append(self.backend.prepare(self.frames(items[i], name), name))
                         idx.append(i)
                     except ImageError as exc:
                         errors.append((i, exc.source, exc.reason))

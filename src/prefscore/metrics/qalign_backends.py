@@ -1,13 +1,12 @@
 """The two model backends of the ``q-align`` metric.
 
-Both turn a batch of samples (each a list of RGB frames: one for an image, several for a video)
+Both turn a batch of samples (each a list of frames: one for an image, several for a video)
 into the logits of the level words at the next-token position after the answer prefix. The
 metric then takes the softmax over those logits and the weighted sum.
 
-* :class:`Owl2Backend`: the official checkpoints (``q-future/one-align``, ``q-future/q-align-*``,
-  DeQA-Score), an mPLUG-Owl2 model whose code lives in the checkpoint (``trust_remote_code``).
-  That code patches transformers' LLaMA internals of the 4.36 era; it cannot run on
-  transformers 5, which is refused up front with the versions named.
+* :class:`Owl2Backend`: the official checkpoints (``q-future/one-align``, ``q-future/q-align-*``),
+  mPLUG-Owl2 on LLaMA-2, run natively (:mod:`prefscore.backbones.mplug_owl2`; no remote code) on any
+  transformers, and scored exactly as ``q_align/evaluate/scorer.py``.
 * :class:`NativeBackend`: a vision-language model that transformers implements itself
   (LLaVA-style ``llava``; Qwen2-VL-style ``qwen2_vl`` / ``qwen2_5_vl``), loaded with the Auto
   classes. The prompt is rendered with the model's chat template. No checkpoint was trained for
@@ -30,10 +29,10 @@ from PIL import Image
 
 from .. import hub, preprocess
 from ..errors import CheckpointError, ModelSourceError, PrefscoreError
+from ..images import to_rgb
 
 IMAGE_TOKEN_INDEX = -200  # mPLUG-Owl2's placeholder id for the image features
 OWL2_IMAGE_TOKEN = "<|image|>"
-OWL2_MIN_TRANSFORMERS = "4.36.1"  # Q-Align README: v1.1 needs transformers 4.36.1+; the repo pins 4.36.1
 NATIVE_MODEL_TYPES = ("llava", "qwen2_vl", "qwen2_5_vl")
 
 SMALL_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.py"]
@@ -50,29 +49,14 @@ def installed_transformers() -> str:
     return transformers.__version__
 
 
-def check_owl2_transformers(version: str) -> None:
-    """Refuse transformers versions on which the mPLUG-Owl2 remote code cannot run."""
-    from packaging.version import Version
-
-    v = Version(version)
-    if v.major >= 5 or v < Version(OWL2_MIN_TRANSFORMERS):
-        raise QAlignBackendError(
-            f"this is an mPLUG-Owl2 checkpoint (the official Q-Align / OneAlign models): its remote code "
-            f"(trust_remote_code) patches LLaMA internals of transformers 4.36 and needs transformers "
-            f">= {OWL2_MIN_TRANSFORMERS}, < 5 (the official repository pins transformers==4.36.1), but "
-            f"transformers {version} is installed. Score it in a separate environment with "
-            f"`pip install 'transformers==4.36.1' sentencepiece icecream einops`, or score with a "
-            f"transformers-native VLM (a LLaVA or Qwen2-VL directory) as the model."
-        )
-
-
 def pad_colour(mean: Sequence[float]) -> tuple[int, ...]:
     """The official background: ``tuple(int(m * 255) for m in image_mean)`` ((122, 116, 104) for CLIP)."""
     return tuple(int(m * 255) for m in mean)
 
 
 def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
-    """Pad an RGB image to a square of side ``max(w, h)``, centred with offset ``(long - short) // 2``."""
+    """The official ``expand2square``: pad to a square of side ``max(w, h)`` on a canvas of the
+    image's own mode filled with ``background``, the image at offset ``(long - short) // 2``."""
     width, height = image.size
     if width == height:
         return image
@@ -80,6 +64,35 @@ def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Imag
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
     return canvas
+
+
+def expand2square_any_mode(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """:func:`expand2square`, and for the modes whose canvas cannot take a colour triple (L, LA, I,
+    I;16, 1, F, PA: the official code raises ``TypeError`` on these when not square) the image
+    converted to RGB first, then padded with the same colour."""
+    try:
+        return expand2square(image, background)
+    except TypeError:
+        return expand2square(image.convert("RGB"), background)
+
+
+def load_llama_tokenizer(directory: Path):
+    """The LLaMA tokenizer of an mPLUG-Owl2 directory, without remote code.
+
+    transformers 5's ``AutoTokenizer`` asks to run the checkpoint's code (``auto_map`` in
+    config.json); ``LlamaTokenizer`` reads ``tokenizer.model`` (SentencePiece) or
+    ``tokenizer.json`` directly and gives the ids of the official slow tokenizer.
+    """
+    from transformers import LlamaTokenizer
+
+    try:
+        return LlamaTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, ImportError, TypeError) as exc:
+        import importlib.util
+
+        hint = ("; reading tokenizer.model needs sentencepiece (pip install sentencepiece)"
+                if importlib.util.find_spec("sentencepiece") is None else "")
+        raise ModelSourceError(f"{directory}: cannot load the LLaMA tokenizer: {exc}{hint}") from None
 
 
 def reference_level_ids(tokenizer, levels: Sequence[str]) -> list[int]:
@@ -182,68 +195,73 @@ class _LazyModel(ABC):
         return self.load().get_input_embeddings().weight.device
 
 
-class Owl2Backend(_LazyModel):
-    """The official mPLUG-Owl2 checkpoints, scored exactly as ``q_align/evaluate/scorer.py``."""
+class Owl2Backend:
+    """The official mPLUG-Owl2 checkpoints, run natively and scored exactly as ``scorer.py``.
+
+    Images are padded in their own mode (``expand2square`` with the processor's mean colour), then
+    go through transformers 4.x's ``CLIPImageProcessor`` (:func:`preprocess.hf_clip`). The prompt is
+    cut at ``<|image|>`` by :func:`owl2_prompt_ids`; the level ids are ``tokenizer(word)[1]``.
+    Samples with the same number of frames run in one forward pass (images always do); samples
+    of different lengths run separately, so every video scores as it does alone.
+    """
 
     def __init__(self, source: str, directory: Path, question: str, answer_prefix: str, levels: Sequence[str],
                  device: torch.device, dtype: torch.dtype, device_map=None, model_kwargs: dict | None = None):
-        check_owl2_transformers(installed_transformers())
-        super().__init__(source, device, dtype, device_map, model_kwargs)
-        from transformers import AutoTokenizer
-
-        try:
-            # slow SentencePiece tokenizer, as the official builder
-            self.tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=False, trust_remote_code=True)
-        except (OSError, ValueError, ImportError) as exc:
-            raise ModelSourceError(f"{directory}: cannot load the LLaMA tokenizer: {exc}") from None
+        if model_kwargs:
+            raise ValueError(f"model_kwargs {sorted(model_kwargs)} are passed to transformers' from_pretrained, which "
+                             "the native mPLUG-Owl2 does not use; use dtype= and device_map=")
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+        self.device_map = device_map
+        self._model = None
+        self.tokenizer = load_llama_tokenizer(directory)
         path = directory / "preprocessor_config.json"
         if not path.is_file():
             raise ModelSourceError(f"{directory}: no preprocessor_config.json (the CLIP image processor settings)")
         self.processor = preprocess.HFProcessorConfig.from_dict(_read_json(path))
         self.background = pad_colour(self.processor.mean)
         self.prompt = f"USER: {question}\n{OWL2_IMAGE_TOKEN}\nASSISTANT: {answer_prefix}"
+        if self.prompt.count(OWL2_IMAGE_TOKEN) != 1:
+            raise ValueError(f"the question and answer prefix must not contain {OWL2_IMAGE_TOKEN!r} (the prompt has one "
+                             "image slot)")
         self.input_ids = torch.tensor(owl2_prompt_ids(self.prompt, self.tokenizer), dtype=torch.long)
         self.level_ids = reference_level_ids(self.tokenizer, levels)
 
-    def _from_pretrained(self, directory, kwargs):
-        from transformers import AutoModelForCausalLM
+    def load(self):
+        """The :class:`~prefscore.backbones.mplug_owl2.Owl2ForScoring` model (loaded on first use)."""
+        if self._model is None:
+            from ..backbones.mplug_owl2 import load_owl2
 
-        try:
-            return AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True, **kwargs)
-        except ImportError as exc:
-            raise QAlignBackendError(f"the mPLUG-Owl2 remote code of {self.source} could not be imported ({exc}); "
-                                     "install the package it names (the official code also uses icecream and einops)") from exc
-        except (TypeError, AttributeError, NameError) as exc:
-            raise QAlignBackendError(self._version_hint(exc)) from exc
+            directory = hub.local_dir(self.source, MODEL_FILES, what="Q-Align model weights")
+            self._model = load_owl2(directory, self.dtype, self.device, self.device_map)
+        return self._model
 
-    def _version_hint(self, exc: Exception) -> str:
-        return (f"the mPLUG-Owl2 remote code of {self.source} failed under transformers {installed_transformers()} "
-                f"({type(exc).__name__}: {exc}); the official code is tested with transformers==4.36.1")
+    @property
+    def input_device(self) -> torch.device:
+        return self.load().vision_device
 
-    def pixels(self, frame: Image.Image) -> torch.Tensor:
-        """``expand2square`` with the mean colour, then CLIPImageProcessor (4.x) at the configured size."""
-        return preprocess.hf_clip(expand2square(frame, self.background), self.processor)
+    def pixels(self, frame: Image.Image, name: str = "<image>") -> torch.Tensor:
+        """``expand2square`` in the frame's own mode, then CLIPImageProcessor (4.x): ``(3, S, S)`` float32."""
+        return preprocess.hf_clip(expand2square_any_mode(frame, self.background), self.processor, name)
 
-    def level_logits(self, samples: list[list[Image.Image]], video: bool) -> torch.Tensor:
-        """``(B, L)`` logits of the level tokens. Images go in as one ``(B, 3, S, S)`` tensor, videos as
-        the official list of ``(frames, 3, S, S)`` tensors, each under its sample's single image token.
-        Samples are grouped by frame count: the official code pads unequal sequences on the right
-        without a mask, which would read a padding position for the shorter ones."""
+    def prepare(self, frames: list[Image.Image], name: str) -> torch.Tensor:
+        """The ``(frames, 3, S, S)`` pixels of one sample (raises ImageError naming ``name``)."""
+        return torch.stack([self.pixels(f, name) for f in frames])
+
+    def level_logits(self, samples: list, video: bool) -> torch.Tensor:
+        """``(B, L)`` float32 logits of the level tokens; ``samples`` are :meth:`prepare` tensors
+        (or lists of frames, prepared here)."""
         model = self.load()
-        device = self.input_device
+        samples = [s if isinstance(s, torch.Tensor) else self.prepare(s, "<image>") for s in samples]
         out = torch.empty(len(samples), len(self.level_ids), dtype=torch.float32)
         groups: dict[int, list[int]] = {}
-        for i, frames in enumerate(samples):
-            groups.setdefault(len(frames), []).append(i)
-        for rows in groups.values():
-            tensors = [torch.stack([self.pixels(f) for f in samples[i]]).to(device, self.dtype) for i in rows]
-            images = tensors if video else torch.cat(tensors)
-            input_ids = self.input_ids.to(device).unsqueeze(0).repeat(len(rows), 1)
-            try:
-                logits = model(input_ids, images=images)["logits"]
-            except (TypeError, AttributeError, NameError) as exc:
-                raise QAlignBackendError(self._version_hint(exc)) from exc
-            out[rows] = logits[:, -1, self.level_ids].float().cpu()
+        for i, pixels in enumerate(samples):
+            groups.setdefault(len(pixels), []).append(i)
+        for frames, rows in groups.items():
+            pixels = torch.cat([samples[i] for i in rows])
+            logits = model.next_token_logits(self.input_ids, pixels, frames=frames)
+            out[rows] = logits[:, self.level_ids].cpu()
         return out
 
 
@@ -317,6 +335,10 @@ class NativeBackend(_LazyModel):
             return AutoModelForImageTextToText.from_pretrained(str(directory), **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{self.source}: cannot load the model: {exc}") from None
+
+    def prepare(self, frames: list[Image.Image], name: str) -> list[Image.Image]:
+        """The frames of one sample in RGB (Pillow's ``convert``; raises ImageError naming ``name``)."""
+        return [to_rgb(f, name) for f in frames]
 
     def prompt_text(self, n_images: int) -> str:
         """The full prompt for a sample of ``n_images`` frames, before image-token expansion."""
