@@ -269,6 +269,18 @@ def main() -> None:
         except Exception as exc:  # recorded: the official code cannot score this image
             case.update(error=f"{type(exc).__name__}: {exc}")
             traceback.print_exc()
+            # what the same code computes with its aspect-ratio guard lifted (prefscore scores such images)
+            import hpsv3.dataset.utils as hutils
+            import transformers.models.qwen2_vl.image_processing_qwen2_vl as qip
+            saved = hutils.MAX_RATIO, qip.smart_resize
+            hutils.MAX_RATIO = float("inf")
+            qip.smart_resize = lambda h, w, factor=28, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280: \
+                hutils.smart_resize(h, w, factor, min_pixels, max_pixels)
+            try:
+                out = run([img], [text])
+                case.update(unguarded_mu=float(out[0, 0]), unguarded_sigma=float(math.exp(out[0, 1])))
+            finally:
+                hutils.MAX_RATIO, qip.smart_resize = saved
         cases.append(case)
         print(case["id"], case.get("mu"), case.get("sigma"), case.get("error", ""), flush=True)
 
