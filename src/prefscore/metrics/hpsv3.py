@@ -239,13 +239,18 @@ def _read_json(path: Path) -> dict:
 
 
 def build_model(state: dict[str, torch.Tensor], config_dict: dict, source: str, dtype: torch.dtype) -> HPSv3Model:
-    """The reward model from an official state dict, keys mapped in memory; shapes checked with names."""
+    """The reward model from an official state dict, keys mapped in memory; shapes checked with names.
+
+    ``state`` is consumed (emptied) so that a 7B checkpoint is never held twice: each tensor is freed
+    once converted to ``dtype`` (the head stays float32, as the official code keeps it).
+    """
     from transformers import Qwen2VLConfig
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLVisionRotaryEmbedding
 
     mapped: dict[str, torch.Tensor] = {}
     unknown = []
-    for key, value in state.items():
+    for key in list(state):
+        value = state.pop(key)
         new = map_key(key)
         if new is None:
             continue
@@ -288,8 +293,10 @@ def build_model(state: dict[str, torch.Tensor], config_dict: dict, source: str, 
     if problems:
         raise CheckpointError(f"{source}: the checkpoint does not fit the Qwen2-VL config: " + "; ".join(problems[:6])
                               + (f"; ... ({len(problems)} problems)" if len(problems) > 6 else ""))
-    head_dtype = {k: torch.float32 for k in mapped if k.startswith("rm_head.")}
-    model.load_state_dict({k: v.to(head_dtype.get(k, dtype)) for k, v in mapped.items()}, strict=True, assign=True)
+    converted = {}
+    for key in list(mapped):
+        converted[key] = mapped.pop(key).to(torch.float32 if key.startswith("rm_head.") else dtype)
+    model.load_state_dict(converted, strict=True, assign=True)
     # non-persistent rotary buffers were made on the meta device: rebuild them on the CPU
     model.backbone.language_model.rotary_emb = Qwen2VLRotaryEmbedding(config=config.text_config)
     model.backbone.visual.rotary_pos_emb = Qwen2VLVisionRotaryEmbedding(config.vision_config)
@@ -364,8 +371,8 @@ class HPSv3(Metric):
     """HPSv3 reward of images for a prompt.
 
     ``score(images, prompts)`` returns ``(N, 2)`` float64: column ``mu`` (the HPSv3 score, unbounded,
-    higher is better; about -5..15 on real images, comparable within and across prompts as
-    absolute rewards) and column ``sigma`` (> 0, the model's uncertainty of ``mu``).
+    higher is better; the HPSv3 README's generator means run from about -0.2 for SD2 to 10.6 for
+    Kolors) and column ``sigma`` (> 0, the model's uncertainty of ``mu``).
     ``compare(images, prompt)`` gives the probability that each candidate is preferred.
 
     Options: ``base`` (source of the Qwen2-VL ``config.json``, ``preprocessor_config.json``,
@@ -389,9 +396,7 @@ class HPSv3(Metric):
         config = _read_json(small["config.json"])
         self.settings = QwenVisionSettings(_read_json(small["preprocessor_config.json"]))
         self.tokens = PromptTokens(small["tokenizer.json"], self._chat_template(small))
-        state = _load_state(weights, self.source)
-        self.model = build_model(state, config, self.source, self.dtype).to(self.device)
-        del state
+        self.model = build_model(_load_state(weights, self.source), config, self.source, self.dtype).to(self.device)
         self.image_token_id = int(self.model.backbone.config.image_token_id)
         if self.image_token_id != self.tokens.image_id:
             raise CheckpointError(f"{self.source}: config.json's image_token_id {self.image_token_id} is not the "
@@ -466,7 +471,8 @@ class HPSv3(Metric):
         b, gh, gw, m = pixels.shape[0], pixels.shape[1], pixels.shape[2], pixels.shape[3]
         grid = torch.tensor([[1, gh * m, gw * m]] * b, dtype=torch.long, device=pixels.device)
         vision_dtype = bb.visual.get_dtype()
-        image_embeds = bb.visual(pixels.reshape(-1, pixels.shape[-1]).to(vision_dtype), grid_thw=grid).pooler_output
+        vision = bb.visual(pixels.reshape(-1, pixels.shape[-1]).to(vision_dtype), grid_thw=grid)
+        image_embeds = getattr(vision, "pooler_output", vision)  # merged features (transformers 5: pooler_output)
         n_image = gh * gw
         rows, rewards = [], []
         for p in prompts:
