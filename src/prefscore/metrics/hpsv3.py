@@ -395,7 +395,7 @@ class HPSv3(Metric):
         small = self._small_files()
         config = _read_json(small["config.json"])
         self.settings = QwenVisionSettings(_read_json(small["preprocessor_config.json"]))
-        self.tokens = PromptTokens(small["tokenizer.json"], self._chat_template(small))
+        self.tokens = PromptTokens(small["tokenizer.json"], self._chat_template())
         self.model = build_model(_load_state(weights, self.source), config, self.source, self.dtype).to(self.device)
         self.image_token_id = int(self.model.backbone.config.image_token_id)
         if self.image_token_id != self.tokens.image_id:
@@ -410,34 +410,38 @@ class HPSv3(Metric):
             raise CheckpointError(f"{self.source}: vision spatial_merge_size {merge} != processor merge_size {self.settings.merge}")
 
     # -- sources ---------------------------------------------------------------------------------
-    SMALL_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json")
+    SMALL_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json")
+    TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
 
-    def _small_files(self) -> dict[str, Path | None]:
+    def _small_files(self) -> dict[str, Path]:
         """Each small file from the model directory if it has it, else from ``base`` (the Qwen repo)."""
-        found: dict[str, Path | None] = {}
         local = Path(self.source).expanduser() if hub.is_local(self.source) else None
+        found: dict[str, Path] = {}
         for name in self.SMALL_FILES:
             if local is not None and (local / name).is_file():
                 found[name] = local / name
-                continue
-            optional = name in ("tokenizer_config.json", "chat_template.json")
-            try:
+            else:
                 found[name] = hub.find_file(self.base, [name], what=f"Qwen2-VL {name} (HPSv3's base model)")
-            except ModelSourceError:
-                if not optional:
-                    raise
-                found[name] = None
         return found
 
-    def _chat_template(self, small: dict[str, Path | None]) -> str:
-        for name in ("chat_template.json", "tokenizer_config.json"):
-            path = small.get(name)
-            if path is not None:
-                template = _read_json(path).get("chat_template")
-                if isinstance(template, str):
+    def _chat_template(self) -> str:
+        """The chat template: ``chat_template.jinja``, ``chat_template.json`` or ``tokenizer_config.json``'s,
+        from the model directory first, else from ``base``."""
+        local = Path(self.source).expanduser() if hub.is_local(self.source) else None
+        for where in ([local] if local is not None else []) + [self.base]:
+            for name in self.TEMPLATE_FILES:
+                if isinstance(where, Path):
+                    path = where / name if (where / name).is_file() else None
+                else:
+                    try:
+                        path = hub.find_file(where, [name], what=f"Qwen2-VL chat template ({name})")
+                    except ModelSourceError:
+                        path = None
+                template = _template_from(path) if path is not None else None
+                if template is not None:
                     return template
-        raise ModelSourceError(f"{self.source}: no chat template (chat_template.json or tokenizer_config.json of "
-                               f"{self.base})")
+        raise ModelSourceError(f"{self.source}: no chat template (chat_template.jinja, chat_template.json or "
+                               f"tokenizer_config.json) here or in {self.base}")
 
     # -- Metric hooks --------------------------------------------------------------------------------
     def preprocess(self, image, name: str) -> torch.Tensor:
@@ -511,6 +515,13 @@ class HPSv3(Metric):
         scores = np.asarray(self.score(list(images), prompt), dtype=np.float64).reshape(-1, 2)
         tau = self.preference_temperature() if temperature is None else float(temperature)
         return preference_probabilities(scores[:, 0], scores[:, 1], tau)
+
+
+def _template_from(path: Path) -> str | None:
+    if path.suffix == ".jinja":
+        return path.read_text(encoding="utf-8")
+    template = _read_json(path).get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def _load_state(path: Path, source: str) -> dict[str, torch.Tensor]:
