@@ -255,3 +255,24 @@ def test_evaluate_and_calibrate_accept_it(metric, tmp_path):
     cal = calibrate(frame, columns=["hpsv3.mu"], models={"hpsv3": str(MODEL)})
     composite = prefscore.load("composite", model=cal.save(tmp_path / "cal.json"))
     assert np.allclose(composite.score([tmp_path / n for n in names], prompt), cal.apply(frame), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("template_file", ["chat_template.jinja", "tokenizer_config.json"])
+def test_chat_template_from_jinja_or_tokenizer_config(tmp_path, template_file, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    files = ["config.json", "preprocessor_config.json", "tokenizer.json"]
+    root = _model_copy(tmp_path, files=files + (["tokenizer_config.json"] if template_file == "tokenizer_config.json" else []))
+    if template_file == "chat_template.jinja":
+        template = json.loads((MODEL / "chat_template.json").read_text())["chat_template"]
+        (root / "chat_template.jinja").write_text(template)
+    metric = prefscore.load("hpsv3", model=root)
+    case = CASES[0]
+    assert abs(metric.score(IMAGES / case["image"], case["prompt"])[0] - case["mu"]) <= _tol(case["mu"])
+    (root / template_file).unlink()  # no template anywhere (the base is offline): named
+    with pytest.raises(prefscore.ModelSourceError, match="no chat template"):
+        prefscore.load("hpsv3", model=root)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(TypeError, match="no option"):
+        prefscore.load("hpsv3", model=str(MODEL), processor="x")
