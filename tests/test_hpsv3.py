@@ -276,3 +276,26 @@ def test_chat_template_from_jinja_or_tokenizer_config(tmp_path, template_file, m
 def test_unknown_option_is_rejected():
     with pytest.raises(TypeError, match="no option"):
         prefscore.load("hpsv3", model=str(MODEL), processor="x")
+
+
+def _cache_repo(cache: Path, repo: str, files: list[str]) -> None:
+    """A hub-cache entry (as `hf download` leaves it) holding the fixture's copy of ``files``."""
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files:
+        shutil.copy(MODEL / f, snap / f)
+
+
+def test_loads_by_hub_id_from_the_hub_cache(monkeypatch, tmp_path):
+    """The default sources (weights from MizzenAI/HPSv3, the rest from Qwen/Qwen2-VL-7B-Instruct), offline from the cache."""
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    _cache_repo(cache, "MizzenAI/HPSv3", [CHECKPOINT])
+    _cache_repo(cache, "Qwen/Qwen2-VL-7B-Instruct", SMALL)
+    metric = prefscore.load("hpsv3")
+    case = CASES[1]
+    assert abs(metric.score(IMAGES / case["image"], case["prompt"])[0] - case["mu"]) <= _tol(case["mu"])
