@@ -220,6 +220,20 @@ def _builtin() -> None:
         options=None,
     ))
     register(MetricSpec(
+        name="hpsv3", family="hpsv3", aliases=("hps-v3", "hpsv3-7b"),
+        summary="HPSv3: Qwen2-VL-7B-Instruct reward model; mu (the score) and sigma of an uncertainty-aware head",
+        inputs="image+prompt", output_range=(-INF, INF),
+        typical="mu unbounded: generator means from about -0.2 (SD2) to 10.6 (Kolors) in the HPSv3 README; sigma > 0 (second output)",
+        higher_is_better=True,
+        default_model="MizzenAI/HPSv3 (HPSv3.safetensors) + config/processor/tokenizer of Qwen/Qwen2-VL-7B-Instruct",
+        weights_license="MIT (the HPSv3 repository's LICENSE); base Qwen2-VL-7B-Instruct: Apache-2.0",
+        strength="VLM reward trained on HPD v3 (1.08M images, 1.17M pairs, incl. real photos and many generators); scores with an uncertainty",
+        caveat="a 7B model: slow and memory-hungry (about 16 GB in bf16, 32 GB in float32); HPD v3 rater bias",
+        entry="prefscore.metrics.hpsv3:HPSv3", paper="Ma, Shui et al. 2025, HPSv3: Towards Wide-Spectrum Human Preference Score (ICCV)",
+        options={"base": "source of the Qwen2-VL config, preprocessor, tokenizer and chat template when the model directory lacks them (default Qwen/Qwen2-VL-7B-Instruct)",
+                 "checkpoint": "weights file name in the model directory (default HPSv3.safetensors)"},
+    ))
+    register(MetricSpec(
         name="q-align", family="q-align", aliases=("qalign", "one-align", "onealign"),
         summary="Q-Align: an LMM's probabilities of five level words (excellent..bad) turned into a score (official mPLUG-Owl2 checkpoints run natively)",
         inputs="image", output_range=(1.0, 5.0), typical="1-5 (or 0-1 with the scorer.py weights)",
