@@ -94,7 +94,7 @@ def load_processor_config(directory: Path):
 
     path = Path(directory) / "preprocessor_config.json"
     if not path.is_file():
-        raise ModelSourceError(f"{directory}: no preprocessor_config.json (the CLIP image processor settings)")
+        raise ModelSourceError(f"{directory}: no preprocessor_config.json (the image processor settings)")
     return HFProcessorConfig.from_dict(json.loads(path.read_text()))
 
 
