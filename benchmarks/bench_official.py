@@ -214,6 +214,8 @@ def compare(rows: list, arch: str, n: int, cases: list, images, rounds: int, onl
             ratios.append(t_off / ((ours_t[-1] + t_next) / 2))
             ours_t.append(t_next)
             off_t.append(t_off)
+            print(f"  round {len(ratios)}: ours {ours_t[-2]:.3f} s/img, official {t_off:.3f} s/img, ours {t_next:.3f} s/img, "
+                  f"ratio {ratios[-1]:.3f}, max |diff| {float(np.max(np.abs(s_ours - s_off))):.2e}", flush=True)
         del metric
         row = {"arch": arch, "metric": name, "official": label, "n": n, "rounds": rounds,
                "ours_img_s": 1 / statistics.median(ours_t), "official_img_s": 1 / statistics.median(off_t),

@@ -194,8 +194,15 @@ def siglip_v25_dir() -> Path:
     if (root / "done").is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
-    SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SO400M)).save_pretrained(root)
+    model = SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SO400M))
+    model.config.save_pretrained(root)
+    # tensor names as published (vision_model.*): transformers 5's save_pretrained drops that prefix, which
+    # transformers 4.x (the official package's) would not load, silently keeping its random init instead
+    save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              str(root / "model.safetensors"), metadata={"format": "pt"})
     (root / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR, indent=1))
     torch.save(AestheticV25Head(SIGLIP_SO400M["hidden_size"]).state_dict(), root / "aesthetic_predictor_v2_5.pth")
     (root / "done").write_text("ok")
