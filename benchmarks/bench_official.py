@@ -18,9 +18,14 @@ score difference (the same weights go through both, so the numbers must agree):
   at a time) on a real-size random checkpoint (BLIP ViT-L/16 + BERT-base; built by the package
   itself), official environment with ``--imagereward-path`` (transformers 4.40 / timm 0.6.13, the
   package's pins, installed with ``pip --target``) in front; run once, not per ``--archs`` entry.
+* Aesthetic Predictor V2.5: the package's README loop (``convert_v2_5_from_siglip``, one image per
+  forward, float32) on a real-size random SigLIP so400m-patch14-384 vision tower + head, in the
+  environment of ``tests/data/laion-aesthetic-v2.5/make_venv.sh`` (``--aesthetic-v25-python``;
+  transformers 4.47.1, torch 2.13.0); run once, not per ``--archs`` entry.
 
 usage: python benchmarks/bench_official.py [--archs ViT-B-32 ViT-L-14] [--official-python /tmp/bench-venv/bin/python]
-                                           [--imagereward-n 6 | 0 to leave it out] [--rounds R] [--metrics NAME ...]
+                                           [--imagereward-n 6 | 0 to leave it out] [--aesthetic-v25-n 3 | 0]
+                                           [--rounds R] [--metrics NAME ...]
 """
 
 from __future__ import annotations
@@ -141,6 +146,9 @@ def main() -> None:
     ap.add_argument("--torchmetrics-site", default="/tmp/tm-site")
     ap.add_argument("--imagereward-path", default="/tmp/ir-site", help="PYTHONPATH with image-reward's transformers/timm pins")
     ap.add_argument("--imagereward-n", type=int, default=6, help="images for the ImageReward comparison (0: skip it)")
+    ap.add_argument("--aesthetic-v25-python", default="/work/venvs/aes25/bin/python",
+                    help="interpreter with aesthetic-predictor-v2-5 (tests/data/laion-aesthetic-v2.5/make_venv.sh)")
+    ap.add_argument("--aesthetic-v25-n", type=int, default=0, help="images for the Aesthetic Predictor V2.5 comparison (0: skip it)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved (ours, official) rounds per case")
     ap.add_argument("--metrics", nargs="*", default=None, help="only these cases (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -153,7 +161,16 @@ def main() -> None:
     runs = list(zip(args.archs, args.n))
     if args.imagereward_n:
         runs.append(("BLIP ViT-L/16", args.imagereward_n))
+    if args.aesthetic_v25_n:
+        runs.append(("SigLIP so400m/14 @384", args.aesthetic_v25_n))
     for arch, n in runs:
+        if arch.startswith("SigLIP"):
+            v25_dir = common.siglip_v25_dir()
+            images = common.make_images(n)
+            compare(rows, arch, n, [("laion-aesthetic-v2.5", lambda: prefscore.load("laion-aesthetic-v2.5", model=v25_dir), None,
+                                      lambda: official("aesthetic-v2.5", v25_dir, arch, images, args.aesthetic_v25_python),
+                                      "README loop (1 image per forward)")], images, args.rounds, args.metrics)
+            continue
         if arch == "BLIP ViT-L/16":
             ir_dir = common.imagereward_dir(args.official_python, args.imagereward_path)
             images = common.make_images(n)
@@ -197,6 +214,8 @@ def compare(rows: list, arch: str, n: int, cases: list, images, rounds: int, onl
             ratios.append(t_off / ((ours_t[-1] + t_next) / 2))
             ours_t.append(t_next)
             off_t.append(t_off)
+            print(f"  round {len(ratios)}: ours {ours_t[-2]:.3f} s/img, official {t_off:.3f} s/img, ours {t_next:.3f} s/img, "
+                  f"ratio {ratios[-1]:.3f}, max |diff| {float(np.max(np.abs(s_ours - s_off))):.2e}", flush=True)
         del metric
         row = {"arch": arch, "metric": name, "official": label, "n": n, "rounds": rounds,
                "ours_img_s": 1 / statistics.median(ours_t), "official_img_s": 1 / statistics.median(off_t),

@@ -171,6 +171,44 @@ def imagereward_dir(official_python: str, official_path: str) -> Path:
     return root
 
 
+#: google/siglip-so400m-patch14-384's vision tower (SiglipVisionConfig of its config.json)
+SIGLIP_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+                 "image_size": 384, "patch_size": 14}
+SIGLIP_PREPROCESSOR = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+                       "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+                       "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+                       "size": {"height": 384, "width": 384}}
+
+
+def siglip_v25_dir() -> Path:
+    """A real-size random Aesthetic Predictor V2.5 model directory, created once: the so400m vision tower
+    (``SiglipVisionModel`` with transformers' own random init, seeded; ~428M parameters, 1.7 GB float32),
+    so400m's ``preprocessor_config.json`` and a random head ``aesthetic_predictor_v2_5.pth`` (an
+    ``OrderedDict`` with the package's ``scoring_head.N`` keys)."""
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from prefscore.metrics.aesthetic import AestheticV25Head
+
+    root = BENCH_DIR / "models" / "siglip-so400m-v25"
+    if (root / "done").is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = SiglipVisionModel(SiglipVisionConfig(**SIGLIP_SO400M))
+    model.config.save_pretrained(root)
+    # tensor names as published (vision_model.*): transformers 5's save_pretrained drops that prefix, which
+    # transformers 4.x (the official package's) would not load, silently keeping its random init instead
+    save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              str(root / "model.safetensors"), metadata={"format": "pt"})
+    (root / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR, indent=1))
+    torch.save(AestheticV25Head(SIGLIP_SO400M["hidden_size"]).state_dict(), root / "aesthetic_predictor_v2_5.pth")
+    (root / "done").write_text("ok")
+    return root
+
+
 def make_images(n: int, size: tuple[int, int] = (1024, 768), distinct: int = 16, folder: str | None = None) -> list[Path]:
     """``n`` JPEG files of ``size`` (``distinct`` different photos-like images, the rest copies)."""
     from PIL import Image, ImageFilter

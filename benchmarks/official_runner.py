@@ -2,11 +2,12 @@
 
 Executed with the *official* environment (``/tmp/bench-venv``: torch + torchvision + the official
 packages ``clip-anytorch``, ``hpsv2`` and ``image-reward``, the last with its own older
-transformers / timm on ``PYTHONPATH``, see RESULTS.md), never imported by prefscore. Prints one JSON line:
+transformers / timm on ``PYTHONPATH``, see RESULTS.md; ``aesthetic-v2.5`` runs with the interpreter of
+``tests/data/laion-aesthetic-v2.5/make_venv.sh``), never imported by prefscore. Prints one JSON line:
 ``{"per_image_s", "scores"}``; ``per_image_s`` is ``(t(N) - t(1)) / (N - 1)``, which removes the
 fixed cost each call pays (HPSv2's ``score`` reloads its checkpoint on every call).
 
-usage: python official_runner.py laion|hps|imagereward <model_dir> <arch> <prompt> <image>...
+usage: python official_runner.py laion|hps|imagereward|aesthetic-v2.5 <model_dir> <arch> <prompt> <image>...
        python official_runner.py imagereward-make <model_dir>   (a random ImageReward.pt of the real size)
 """
 
@@ -142,13 +143,33 @@ def imagereward(model_dir: str, arch: str, prompt: str, images: list[str]):
     return run
 
 
+def aesthetic_v25(model_dir: str, arch: str, prompt: str, images: list[str]):
+    """aesthetic-predictor-v2-5's README: ``convert_v2_5_from_siglip``, then per image ``convert("RGB")``,
+    the processor and ``model(pixel_values).logits`` (float32 on the CPU: the package's default dtype)."""
+    from aesthetic_predictor_v2_5 import convert_v2_5_from_siglip
+
+    model, preprocessor = convert_v2_5_from_siglip(predictor_name_or_path=f"{model_dir}/aesthetic_predictor_v2_5.pth",
+                                                   encoder_model_name=model_dir, low_cpu_mem_usage=True, trust_remote_code=True)
+
+    def run(paths):
+        out = []
+        for path in paths:
+            image = Image.open(path).convert("RGB")
+            pixel_values = preprocessor(images=image, return_tensors="pt").pixel_values
+            with torch.inference_mode():
+                out.append(float(model(pixel_values).logits.squeeze().float()))
+        return out
+
+    return run
+
+
 def main() -> None:
     if sys.argv[1] == "imagereward-make":
         imagereward_make(sys.argv[2])
         return
     kind, model_dir, arch, prompt, *images = sys.argv[1:]
     torch.manual_seed(0)
-    run = {"laion": laion, "hps": hps, "imagereward": imagereward}[kind](model_dir, arch, prompt, images)
+    run = {"laion": laion, "hps": hps, "imagereward": imagereward, "aesthetic-v2.5": aesthetic_v25}[kind](model_dir, arch, prompt, images)
     run(images[:2])  # warm-up
     t = time.perf_counter()
     run(images[:1])

@@ -9,6 +9,7 @@ gradients flow from a score back to the pixels. They mirror :mod:`prefscore.prep
   CLIPScore with an OpenAI ``.pt``);
 * :func:`hf_clip_tensor` - transformers 4.x ``CLIPImageProcessor``: the same resize, crop with
   floored offsets and zero padding, ``rescale_factor``, normalise (PickScore, CLIP-IQA, CLIPScore);
+  with a fixed size and no crop, ``SiglipImageProcessor`` (Aesthetic Predictor V2.5);
 * :func:`hps_tensor` - HPSv2: :func:`prefscore.preprocess.resize_max_pad` (already torch), normalise;
 * :func:`unresized_tensor` - the original CLIP-IQA RN50 pipeline: full resolution, normalise only.
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .preprocess import OPENAI_MEAN, OPENAI_STD, HFProcessorConfig, resize_max_pad
+from .preprocess import OPENAI_MEAN, OPENAI_STD, HFProcessorConfig, resize_max_pad, short_side_size
 
 #: Pillow resample codes (as in ``preprocessor_config.json``) that have a torch antialiased twin.
 RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
@@ -191,13 +192,6 @@ def normalize_tensor(x: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (x - m) / s
 
 
-def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """``(new_h, new_w)``: short side to ``size``, long side ``int()``-truncated (torchvision and HF 4.x)."""
-    if w <= h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
-
-
 def openai_clip_tensor(pixels: torch.Tensor, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD,
                        quantize: bool = True) -> torch.Tensor:
     """OpenAI CLIP ``Resize(size, BICUBIC) -> CenterCrop(size) -> ToTensor -> Normalize`` in torch.
@@ -225,17 +219,19 @@ def hf_center_crop(x: torch.Tensor, crop_h: int, crop_w: int) -> torch.Tensor:
 
 
 def hf_clip_tensor(pixels: torch.Tensor, cfg: HFProcessorConfig = HFProcessorConfig(), quantize: bool = True) -> torch.Tensor:
-    """transformers 4.x ``CLIPImageProcessor`` (see :func:`prefscore.preprocess.hf_clip`) in torch.
+    """transformers 4.x ``CLIPImageProcessor`` / ``SiglipImageProcessor`` (see
+    :func:`prefscore.preprocess.hf_clip`) in torch.
 
-    Short side to ``cfg.shortest_edge`` (long side truncated) with the processor's resample
-    (bicubic or bilinear), centre crop with floored offsets, ``* cfg.rescale_factor``, normalise.
+    Short side to ``cfg.shortest_edge`` (long side truncated), or the fixed ``height x width``,
+    with the processor's resample (bicubic or bilinear), centre crop with floored offsets where
+    the processor crops, ``* cfg.rescale_factor``, normalise.
     """
     x = to_levels(check_pixels(pixels), quantize)
     if cfg.do_resize:
         if cfg.resample not in RESAMPLE_MODES:
             raise ValueError(f"processor resample {cfg.resample} has no antialiased torch equivalent; "
                              f"differentiable preprocessing supports {sorted(RESAMPLE_MODES)} (bilinear, bicubic)")
-        new_h, new_w = short_side_size(x.shape[-2], x.shape[-1], cfg.shortest_edge)
+        new_h, new_w = cfg.resize_to(x.shape[-2], x.shape[-1])
         x = pil_resize(x, new_h, new_w, RESAMPLE_MODES[cfg.resample], quantize)
     if cfg.do_center_crop:
         x = hf_center_crop(x, cfg.crop_height, cfg.crop_width)

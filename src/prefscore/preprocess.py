@@ -7,7 +7,9 @@ differences matter (up to 1e-2 in score), is in ``REFERENCE-METRICS.md`` and the
 * :func:`openai_clip` - OpenAI ``clip`` ``_transform``: resize the short side in the image's own
   mode, centre-crop with rounded offsets, then convert to RGB (LAION aesthetic, ImageReward).
 * :func:`hf_clip` - transformers 4.x ``CLIPImageProcessor``: convert to RGB first, resize the short
-  side (long side truncated), centre-crop with floored offsets (PickScore, CLIP-IQA, CLIPScore).
+  side (long side truncated), centre-crop with floored offsets (PickScore, CLIP-IQA, CLIPScore);
+  with a fixed ``{"height", "width"}`` size and no crop it is transformers 4.x
+  ``SiglipImageProcessor`` (squash to 384x384 without keeping the aspect: Aesthetic Predictor V2.5).
 * :func:`hps_pad` - HPSv2 ``light_augmentation``: to tensor, resize the *long* side with antialiased
   bicubic on float values (no clamping), zero-pad to a square, normalise.
 """
@@ -50,6 +52,13 @@ def _resize(image: Image.Image, size: tuple[int, int], resample: int, name: str,
         raise ImageError(name, f"cannot resize mode {image.mode!r}: {exc}") from None
 
 
+def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(new_h, new_w)``: short side to ``size``, long side ``int()``-truncated (torchvision and HF 4.x)."""
+    if w <= h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
 def openai_clip(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD, name: str = "<image>") -> torch.Tensor:
     """OpenAI CLIP's ``Resize(size, BICUBIC) -> CenterCrop(size) -> convert('RGB') -> ToTensor -> Normalize``.
 
@@ -69,9 +78,19 @@ def openai_clip(image: Image.Image, size: int = 224, mean=OPENAI_MEAN, std=OPENA
     return normalize(to_tensor(to_rgb(image, name)), mean, std)
 
 
+#: Processors without a centre-crop step (their configs have no ``crop_size``; SigLIP's squashes the
+#: image to ``size``), whatever ``do_center_crop`` says.
+NO_CROP_PROCESSORS = ("SiglipImageProcessor", "SiglipImageProcessorFast")
+
+
 @dataclass(frozen=True)
 class HFProcessorConfig:
-    """The fields of a ``preprocessor_config.json`` that CLIP-style processors use."""
+    """The fields of a ``preprocessor_config.json`` that CLIP-style processors use.
+
+    The resize target is the short side ``shortest_edge`` (aspect kept, long side truncated), or,
+    when ``height`` and ``width`` are set (``size: {"height": H, "width": W}``), exactly ``W x H``
+    without keeping the aspect ratio.
+    """
 
     shortest_edge: int = 224
     crop_height: int = 224
@@ -83,14 +102,28 @@ class HFProcessorConfig:
     do_center_crop: bool = True
     do_normalize: bool = True
     rescale_factor: float = 1 / 255
+    height: int | None = None
+    width: int | None = None
+
+    def resize_to(self, h: int, w: int) -> tuple[int, int]:
+        """``(new_h, new_w)`` of an ``h x w`` image: the fixed size, or the short side to
+        ``shortest_edge`` with the long side ``int()``-truncated (torchvision and transformers 4.x)."""
+        if self.height is not None and self.width is not None:
+            return self.height, self.width
+        return short_side_size(h, w, self.shortest_edge)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "HFProcessorConfig":
         size = cfg.get("size", 224)
+        height = width = None
         if isinstance(size, dict):
-            if "shortest_edge" not in size:
-                raise ValueError(f"unsupported processor size {size!r} (expected an int or shortest_edge)")
-            size = size["shortest_edge"]
+            if "height" in size and "width" in size:
+                height, width = int(size["height"]), int(size["width"])
+                size = min(height, width)
+            elif "shortest_edge" in size:
+                size = size["shortest_edge"]
+            else:
+                raise ValueError(f"unsupported processor size {size!r} (expected an int, shortest_edge, or height and width)")
         crop = cfg.get("crop_size", size)
         if isinstance(crop, dict):
             crop_h, crop_w = crop["height"], crop["width"]
@@ -104,27 +137,25 @@ class HFProcessorConfig:
             mean=tuple(cfg.get("image_mean", OPENAI_MEAN)),
             std=tuple(cfg.get("image_std", OPENAI_STD)),
             do_resize=bool(cfg.get("do_resize", True)),
-            do_center_crop=bool(cfg.get("do_center_crop", True)),
+            do_center_crop=bool(cfg.get("do_center_crop", True)) and cfg.get("image_processor_type") not in NO_CROP_PROCESSORS,
             do_normalize=bool(cfg.get("do_normalize", True)),
             rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+            height=height,
+            width=width,
         )
 
 
 def hf_clip(image: Image.Image, cfg: HFProcessorConfig = HFProcessorConfig(), name: str = "<image>") -> torch.Tensor:
-    """transformers 4.x ``CLIPImageProcessor`` on a PIL image, in Pillow and numpy.
+    """transformers 4.x ``CLIPImageProcessor`` / ``SiglipImageProcessor`` on a PIL image, in Pillow and numpy.
 
     ``convert('RGB')`` (alpha dropped, never composited) -> short side to ``shortest_edge`` with
-    the long side ``int()``-truncated, Pillow resample on uint8 -> centre crop with floored
-    offsets -> ``* rescale_factor`` (in float64, stored as float32) -> normalise.
+    the long side ``int()``-truncated, or exactly ``width x height`` when the config fixes both
+    (:meth:`HFProcessorConfig.resize_to`), Pillow resample on uint8 -> centre crop with floored
+    offsets (CLIP only) -> ``* rescale_factor`` (in float64, stored as float32) -> normalise.
     """
     image = to_rgb(image, name)
     if cfg.do_resize:
-        w, h = image.size
-        s = cfg.shortest_edge
-        if w <= h:
-            new_w, new_h = s, int(s * h / w)
-        else:
-            new_w, new_h = int(s * w / h), s
+        new_h, new_w = cfg.resize_to(image.height, image.width)
         image = _resize(image, (new_w, new_h), cfg.resample, name, reducing_gap=None)
     array = np.asarray(image, dtype=np.uint8)
     if cfg.do_center_crop:

@@ -75,6 +75,26 @@ def get_spec(name: str) -> MetricSpec:
     return _SPECS[key]
 
 
+def column_metric(column: str) -> tuple[str, str | None] | None:
+    """``(metric name, output)`` behind a score column, or None when it names no registered metric.
+
+    ``prefscore score`` names a metric's column after the metric (``hpsv2.1``, ``laion-aesthetic-v2.5``)
+    or, for several outputs, ``name.output`` (``clip-iqa.quality``). Metric names may hold dots, so the
+    whole column is tried first, then the part before its first dot.
+    """
+    try:
+        return get_spec(column).name, None
+    except UnknownMetricError:
+        pass
+    if "." in column:
+        base, output = column.split(".", 1)
+        try:
+            return get_spec(base).name, output
+        except UnknownMetricError:
+            pass
+    return None
+
+
 def list_metrics() -> list[MetricSpec]:
     """Every registered metric, in registry order (see :class:`MetricSpec` for the fields)."""
     return list(_SPECS.values())
@@ -146,6 +166,20 @@ def _builtin() -> None:
         entry="prefscore.metrics.aesthetic:LaionAestheticV1",
         paper="LAION-AI/aesthetic-predictor",
         options={"head": "file name of the head in the model directory", "backbone": "CLIP source (dir or hub id) if not in the model directory"},
+    ))
+    register(MetricSpec(
+        name="laion-aesthetic-v2.5", family="aesthetic", aliases=("aesthetic-v2.5", "aesthetic-predictor-v2.5", "siglip-aesthetic"),
+        summary="Aesthetic Predictor V2.5 (MLP head on L2-normalised SigLIP so400m-patch14-384 attention-pooled features)",
+        inputs="image", output_range=(-INF, INF), typical="about 1-10; 5.5+ is 'great' (calibrated lower than LAION v2)",
+        higher_is_better=True,
+        default_model="google/siglip-so400m-patch14-384 + discus0434/aesthetic-predictor-v2-5 (models/aesthetic_predictor_v2_5.pth)",
+        weights_license="SigLIP: Apache-2.0; head (and the official code): AGPL-3.0",
+        strength="prompt-free aesthetics over a wider range of domains than LAION v2 (illustrations, anime, photos)",
+        caveat="ignores the prompt; AGPL-3.0 head weights; 400M-parameter backbone at 384 px (slower than ViT-L/14 at 224)",
+        entry="prefscore.metrics.aesthetic:AestheticV25",
+        paper="discus0434/aesthetic-predictor-v2-5",
+        options={"head": "file name of the head in the model directory (default aesthetic_predictor_v2_5.pth)",
+                 "backbone": "SigLIP source (dir or hub id) if not in the model directory"},
     ))
     register(MetricSpec(
         name="clip-iqa", family="clip-iqa", aliases=("clipiqa",),

@@ -59,13 +59,10 @@ class MetricColumn:
 def metric_direction(column: str) -> bool:
     """Direction of a metric column: from the prefscore registry when the column (or the part before
     a ``.``, as ``prefscore score`` names multi-output columns) is a registered metric, else higher-is-better."""
-    from ..errors import UnknownMetricError
-    from ..registry import get_spec
+    from ..registry import column_metric, get_spec
 
-    try:
-        return get_spec(column.split(".")[0]).higher_is_better
-    except UnknownMetricError:
-        return True
+    found = column_metric(column)
+    return get_spec(found[0]).higher_is_better if found is not None else True
 
 
 def read_table(path: Path) -> pd.DataFrame:

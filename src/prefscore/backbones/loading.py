@@ -92,8 +92,8 @@ def load_processor_config(directory: Path):
 
     path = Path(directory) / "preprocessor_config.json"
     if not path.is_file():
-        raise ModelSourceError(f"{directory}: no preprocessor_config.json (the CLIP image processor settings)")
-    return HFProcessorConfig.from_dict(hub.read_json(path, "CLIP image processor settings"))
+        raise ModelSourceError(f"{directory}: no preprocessor_config.json (the image processor settings)")
+    return HFProcessorConfig.from_dict(hub.read_json(path, "image processor settings"))
 
 
 def load_clip_processor(source: str | os.PathLike, what: str):

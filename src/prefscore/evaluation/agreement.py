@@ -539,7 +539,7 @@ def evaluate(
         for c in computed.columns:
             values[c] = computed.values[c]
             hib[c] = computed.higher_is_better[c] if c not in lower_is_better else False
-            base = c.split(".", 1)[0]
+            base = c if c in loaded else c.split(".", 1)[0]  # metric names may hold dots (hpsv2.1)
             if c not in temps and config.tie_mode == "pickapic":
                 try:
                     temps[c] = float(loaded[base].preference_temperature())

@@ -141,7 +141,10 @@ class Component:
 
     @property
     def output(self) -> str | None:
-        return self.column.split(".", 1)[1] if "." in self.column and self.metric else None
+        from ..registry import column_metric
+
+        found = column_metric(self.column) if self.metric else None
+        return found[1] if found else None
 
     def to_dict(self) -> dict:
         return {"column": self.column, "metric": self.metric, "model": self.model, "options": self.options,
@@ -346,8 +349,7 @@ def calibrate(
     metrics (or all, with ``registry_metrics=False``) can only be combined from precomputed scores.
     """
     from .. import __version__
-    from ..errors import UnknownMetricError
-    from ..registry import get_spec
+    from ..registry import column_metric
 
     table = _as_table(reference, columns, lower_is_better)
     cols = list(columns) if columns else table.columns
@@ -356,17 +358,13 @@ def calibrate(
     models = dict(models or {})
     options = {k: dict(v) for k, v in (options or {}).items()}
     for c in cols:
-        metric = ""
-        if registry_metrics:
-            base = c.split(".", 1)[0]
-            try:
-                metric = get_spec(base).name
-            except UnknownMetricError:
-                metric = ""
+        found = column_metric(c) if registry_metrics else None
+        metric = found[0] if found else ""
+        base = c if found is None or found[1] is None else c[: -len(found[1]) - 1]  # the column's metric part
         hib = table.higher_is_better[c] if c not in lower_is_better else False
         norm = Normaliser.fit(kinds[c], table.values[c], c, (ranges or {}).get(c))
-        model = models.get(c, models.get(c.split(".", 1)[0]))
-        opts = options.get(c, options.get(c.split(".", 1)[0], {}))
+        model = models.get(c, models.get(base))
+        opts = options.get(c, options.get(base, {}))
         comps.append(Component(c, metric, None if model is None else str(model), opts, hib, 1.0 / len(cols), norm))
     cal = Calibration(comps, normaliser if isinstance(normaliser, str) else "mixed", "equal",
                       reference={"n": len(table), "source": table.source},

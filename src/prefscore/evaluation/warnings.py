@@ -232,16 +232,13 @@ def disagreements(scores: ScoreTable, columns: Sequence[str] | None = None, top:
 
 
 def _family_columns(columns: Sequence[str], families: Sequence[str]) -> list[str]:
-    from ..errors import UnknownMetricError
-    from ..registry import get_spec
+    from ..registry import column_metric, get_spec
 
     out = []
     for c in columns:
-        try:
-            if get_spec(c.split(".", 1)[0]).family in families:
-                out.append(c)
-        except UnknownMetricError:
-            continue
+        found = column_metric(c)
+        if found is not None and get_spec(found[0]).family in families:
+            out.append(c)
     return out
 
 
