@@ -361,6 +361,22 @@ def read_mps_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     return state, (clip_config_dict(config) if config is not None else None)
 
 
+def convert_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    """Write the tensors of an MPS checkpoint as ``MPS_overall_checkpoint.safetensors`` in ``out_dir``
+    (the official ``state_dict()`` keys plus the cached rotary tables ``*.fn.pos_emb``), and the
+    CLIP architecture of a pickled checkpoint as ``config.json``. Returns the safetensors path."""
+    from safetensors.torch import save_file
+
+    state, config = read_mps_checkpoint(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "MPS_overall_checkpoint.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    if config is not None:
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    return target
+
+
 # --------------------------------------------------------------------------------------------------
 # The metric
 # --------------------------------------------------------------------------------------------------
@@ -469,4 +485,4 @@ class MPS(Metric):
         return 1.0
 
 
-__all__ = ["MPS", "CrossModel", "OVERALL_CONDITION", "condition_bias", "read_mps_checkpoint", "pickle_globals"]
+__all__ = ["MPS", "CrossModel", "OVERALL_CONDITION", "condition_bias", "convert_checkpoint", "read_mps_checkpoint", "pickle_globals"]
