@@ -293,3 +293,12 @@ def test_evaluate_and_calibrate_accept_mps(tmp_path):
 
     cal = calibrate(pd.DataFrame(ref), columns=["mps"], models={"mps": str(DATA)})
     assert np.isfinite(cal.apply(pd.DataFrame(ref))).all()
+
+
+def test_registry_entry():
+    spec = prefscore.get_spec("mps")
+    assert spec.prompt_aware and spec.higher_is_better and spec.entry == "prefscore.metrics.mps:MPS"
+    assert "MIT" in spec.weights_license and "Google Drive" in spec.default_model
+    assert set(spec.options) == {"processor", "condition", "checkpoint"}
+    with pytest.raises(TypeError, match="no option"):
+        prefscore.load("mps", model=str(DATA), conditon="x")
