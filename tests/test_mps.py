@@ -302,3 +302,23 @@ def test_registry_entry():
     assert set(spec.options) == {"processor", "condition", "checkpoint"}
     with pytest.raises(TypeError, match="no option"):
         prefscore.load("mps", model=str(DATA), conditon="x")
+
+
+def test_engine_with_another_clip_h_metric_sharing_preprocessing(tmp_path):
+    """mps and pickscore in one job: one preprocessing per image (same pipeline), each its own model."""
+    from conftest import shared_fixture
+    from prefscore.cli import app
+
+    pick = shared_fixture("pickscore") / "model"
+    prompt = SCORED[0]["prompt"]
+    ref = {image: s for (p, image), s in _reference_scores().items() if p == prompt}
+    out = tmp_path / "scores.jsonl"
+    args = ["score", *[str(DATA / i) for i in sorted(ref)], "-m", "mps,pickscore", "--model", f"mps={DATA}",
+            "--model", f"pickscore={pick}", "--prompt", prompt, "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out)
+    assert len(rows) == len(ref)
+    for row in rows:
+        image = "images/" + Path(row["image"]).name
+        assert abs(row["mps"] - ref[image]) <= _tol(ref[image]) and np.isfinite(row["pickscore"])
