@@ -195,18 +195,19 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _model_dir_with(tmp_path: Path, obj) -> Path:
-    d = tmp_path / "evil"
+def _model_dir_with(tmp_path: Path, obj, protocol: int = 2) -> Path:
+    d = tmp_path / f"evil{protocol}"
     d.mkdir()
     for f in PROCESSOR_FILES:
         shutil.copy(DATA / f, d / f)
-    torch.save(obj, d / "MPS_overall_checkpoint.pth")
+    torch.save(obj, d / "MPS_overall_checkpoint.pth", pickle_protocol=protocol)
     return d
 
 
-def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL and STACK_GLOBAL opcodes
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, protocol):
     marker = tmp_path / "pwned"
-    d = _model_dir_with(tmp_path, {"model.logit_scale": torch.tensor(1.0), "x": _Payload(marker)})
+    d = _model_dir_with(tmp_path, {"model.logit_scale": torch.tensor(1.0), "x": _Payload(marker)}, protocol)
     with pytest.raises(CheckpointError, match=r"refusing to load.*'posix.system'"):
         prefscore.load("mps", model=str(d))
     assert not marker.exists()

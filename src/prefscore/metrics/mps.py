@@ -237,26 +237,37 @@ class _Stub:
 
 
 def pickle_globals(data: bytes) -> list[str]:
-    """Every ``module.name`` a pickle refers to (GLOBAL and STACK_GLOBAL), without unpickling it."""
-    found, memo, strings = [], {}, []
+    """Every ``module.name`` a pickle refers to (GLOBAL and STACK_GLOBAL), without unpickling it.
+
+    STACK_GLOBAL (protocol >= 4) takes its names from the two values pushed before it, directly or from
+    the memo; the scan follows pushed strings and memo entries for that. (It only decides which names
+    get stand-ins: torch's ``weights_only`` unpickler still refuses any global that was not allowed.)
+    """
+    found: list[str] = []
+    memo: dict[int, str | None] = {}
+    pushed: list[str | None] = []  # what each push left on the stack: a string, or None for anything else
     for op, arg, _ in pickletools.genops(data):
         name = op.name
         if name == "GLOBAL":  # protocol <= 2 writes Python 2 names (``__builtin__ set``): map them as pickle does
             module, qual = arg.split(" ", 1)
             module, qual = _compat_pickle.NAME_MAPPING.get((module, qual), (module, qual))
             found.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{qual}")
+            pushed.append(None)
         elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-            strings.append(arg)
-        elif name == "MEMOIZE":
-            memo[len(memo)] = strings[-1] if strings else None
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            memo[int(arg)] = strings[-1] if strings else None
+            pushed.append(arg)
         elif name in ("BINGET", "LONG_BINGET", "GET"):
-            strings.append(memo.get(int(arg)))
+            pushed.append(memo.get(int(arg)))
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(arg)] = pushed[-1] if pushed else None
         elif name == "STACK_GLOBAL":
-            if len(strings) < 2 or not all(isinstance(s, str) for s in strings[-2:]):
+            if len(pushed) < 2 or not all(isinstance(x, str) for x in pushed[-2:]):
                 raise CheckpointError("cannot follow a STACK_GLOBAL in the checkpoint's pickle")
-            found.append(f"{strings[-2]}.{strings[-1]}")
+            found.append(f"{pushed[-2]}.{pushed[-1]}")
+            pushed.append(None)
+        else:
+            pushed.append(None)
     return found
 
 
