@@ -323,3 +323,16 @@ def test_engine_with_another_clip_h_metric_sharing_preprocessing(tmp_path):
     for row in rows:
         image = "images/" + Path(row["image"]).name
         assert abs(row["mps"] - ref[image]) <= _tol(ref[image]) and np.isfinite(row["pickscore"])
+
+
+def test_processor_from_the_laion_repo_offline_is_a_clear_error(tmp_path):
+    """A directory with only the checkpoint needs the laion processor: offline, the error names it;
+    --option processor=DIR supplies it."""
+    d = tmp_path / "only-checkpoint"
+    d.mkdir()
+    shutil.copy(DATA / "MPS_overall_checkpoint.pth", d / "MPS_overall_checkpoint.pth")
+    with pytest.raises(ModelSourceError, match="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
+        prefscore.load("mps", model=str(d))
+    case = SCORED[0]
+    scores = prefscore.load("mps", model=str(d), processor=str(DATA)).score([DATA / i for i in case["images"]], case["prompt"])
+    np.testing.assert_allclose(scores, case["scores"], rtol=0, atol=_tol(max(map(abs, case["scores"]))))
