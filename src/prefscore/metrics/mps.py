@@ -460,6 +460,7 @@ class MPS(Metric):
         return torch.cat([eos[:, None], tokens], dim=1)  # row 0: the prompt feature, then the 77 tokens
 
     def condition_tokens(self) -> torch.Tensor:
+        """Projected token features ``(77, d)`` of the condition text, computed once."""
         if self._condition_tokens is None:
             with torch.inference_mode():
                 self._condition_tokens = self.token_features([self.condition])[0][0]
@@ -484,9 +485,8 @@ class MPS(Metric):
     def forward(self, pixels, prompts):
         text = self.cached_text_features(prompts, self._encode_text)
         prompt_feature, tokens = text[:, 0], text[:, 1:]
-        with torch.no_grad():
-            condition = self.condition_tokens()
-            bias = condition_bias(tokens, condition.clone() if condition.is_inference() else condition)
+        with torch.no_grad():  # the mask is a constant of the prompt (no gradient flows through it)
+            bias = condition_bias(tokens, self.condition_tokens())
         image = self.cross(self.image_tokens(pixels), tokens, bias)[:, 0]
         cos = (l2_normalize(prompt_feature) * l2_normalize(image)).sum(-1)
         return self.clip.logit_scale.float().exp() * cos

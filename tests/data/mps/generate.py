@@ -12,7 +12,6 @@ beside the repository), from which a reduced vocabulary is cut. See README.md fo
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -129,7 +128,7 @@ def write_images(out: Path) -> list[str]:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"; nobody applies it
     Image.fromarray(_rgb(rng, 240, 130)).save(img / "exif_rotated.jpg", quality=90, exif=exif)
-    big = Image.fromarray(_rgb(np.random.default_rng(IMAGE_SEED + 1), 1600, 1200)).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(2))
+    big = Image.fromarray(_rgb(np.random.default_rng(IMAGE_SEED + 1), 1600, 1200)).filter(ImageFilter.GaussianBlur(2))
     big.save(img / "large.jpg", quality=85)
     good = img / "landscape.png"
     (img / "truncated.png").write_bytes(good.read_bytes()[:300])
