@@ -241,6 +241,22 @@ def _builtin() -> None:
         options={"w": "weight w (2.5 as published; 100 gives torchmetrics' scale)",
                  "prefix": "text put before each prompt (Hessel et al. use 'A photo depicts')"},
     ))
+    register(MetricSpec(
+        name="mps", family="mps", aliases=("mps-overall", "multi-dimensional-preference-score"),
+        summary="MPS (overall): CLIP-H with condition-aware cross-attention; exp(logit_scale) * cos(prompt, image)",
+        inputs="image+prompt", output_range=(-INF, INF),
+        typical="within +-exp(logit_scale) of the checkpoint; only comparable within a prompt",
+        higher_is_better=True,
+        default_model="MPS_overall_checkpoint.pth (Kwai-Kolors/MPS, Google Drive only: pass its directory) "
+                      "+ processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        weights_license="MIT (the Kwai-Kolors/MPS repository licence; the checkpoint states no other)",
+        strength="best published agreement on ImageReward, HPD v2 and MHP of the CLIP-based scorers (README table)",
+        caveat="no hub download; only the overall model is released; compare images of the same prompt only",
+        entry="prefscore.metrics.mps:MPS", paper="Zhang et al. 2024, Learning Multi-dimensional Human Preference for Text-to-Image Generation",
+        options={"processor": "source of the tokenizer and preprocessor files if not in the model directory",
+                 "condition": "condition text of the cross-attention (default: the README's overall condition)",
+                 "checkpoint": "checkpoint file name in the model directory"},
+    ))
 
     register(MetricSpec(
         name="imagereward", family="imagereward", aliases=("image-reward", "ir"),
