@@ -360,6 +360,8 @@ class VQAScore(Metric):
         to show the prompt, given that exactly one of the two is. For k candidates it is the
         probability that candidate i alone is judged to show it, given that exactly one is.
         """
+        if not isinstance(prompt, str):
+            raise PromptError("compare() takes one prompt (a string) shared by all candidate images")
         scores = np.asarray(self.score(list(images), prompt), dtype=np.float64)
         tau = 1.0 if temperature is None else float(temperature)
         s = np.clip(scores, 1e-300, 1.0 - 1e-16)
