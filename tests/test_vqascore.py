@@ -133,3 +133,14 @@ def test_cli_once(tmp_path):
     row = read_jsonl(out)[0]
     value = row["vqascore"]
     assert abs(value - case["score"]) <= tol(case["score"])
+
+
+def test_evaluation_scores_it(metric):
+    from prefscore.evaluation.scores import compute_scores
+
+    cases = [c for c in CASES if c["image"] in ("images/square.png", "images/wide.png") and c["prompt_index"] < 2]
+    table, failures = compute_scores([str(DATA / c["image"]) for c in cases], [c["prompt"] for c in cases],
+                                     ["vqascore"], loaded={"vqascore": metric})
+    assert not failures
+    for c, v in zip(cases, table.values["vqascore"]):
+        assert abs(v - c["score"]) <= tol(c["score"])
