@@ -223,6 +223,40 @@ def make_images(out: Path) -> list[str]:
     return names
 
 
+def build(model_dir: Path, tower_dir: Path, cache: Path, work: Path, gen: torch.Generator, shard: str = "150KB") -> int:
+    """Tokenizer, vision tower (also served from the offline hub cache) and the CLIP-FlanT5 checkpoint
+    at the sizes of ``VISION`` / ``T5``; returns the tokenizer length."""
+    from t2v_metrics.models.vqascore_models.clip_t5.model import CLIPT5Config, CLIPT5ForConditionalGeneration
+
+    tok_dir = model_dir
+    n_tokens = write_tokenizer(tok_dir, work)
+    vision = write_vision_tower(tower_dir, gen)
+    fake_hub_cache(cache, "openai/clip-vit-large-patch14-336", tower_dir)
+
+    # the published config: T5 fields of flan-t5-xxl at tiny sizes + the LLaVA-style mm fields
+    config = CLIPT5Config(vocab_size=n_tokens + PADDED_VOCAB_EXTRA, **T5)
+    config.architectures = ["CLIPT5ForConditionalGeneration"]
+    config.mm_vision_tower = "openai/clip-vit-large-patch14-336"
+    config.mm_hidden_size = VISION["hidden_size"]
+    config.mm_projector_type = "mlp2x_gelu"
+    config.mm_vision_select_layer = -2
+    config.mm_vision_select_feature = "patch"
+    config.use_mm_proj = True
+    config.image_aspect_ratio = "pad"
+    config.tune_mm_mlp_adapter = False
+    config.freeze_mm_mlp_adapter = False
+    config.use_cache = True
+    model = CLIPT5ForConditionalGeneration(config)  # builds the tower from the (fake) hub id
+    randomize(model, gen)
+    with torch.no_grad():  # the tower as saved in the checkpoint = the hub tower (frozen in training)
+        model.vision_tower.vision_tower.load_state_dict(vision.state_dict())
+    aim_answer_rows(model, config, tok_dir, gen)
+    # published as bfloat16 pytorch_model*.bin (the top-level `embed_tokens` alias of `shared` rules out safetensors)
+    model.to(torch.bfloat16).save_pretrained(str(model_dir), safe_serialization=False, max_shard_size=shard)
+
+    return n_tokens
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vqascore-gen-"))
     cache = work / "hub"  # offline hub cache serving the tiny vision tower under its published id
@@ -238,30 +272,7 @@ def main() -> None:
     for d in (model_dir, tower_dir, HERE / "images", HERE / "flan-t5-tokenizer"):
         shutil.rmtree(d, ignore_errors=True)
     try:
-        n_tokens = write_tokenizer(tok_dir, work)
-        vision = write_vision_tower(tower_dir, gen)
-        fake_hub_cache(cache, "openai/clip-vit-large-patch14-336", tower_dir)
-
-        # the published config: T5 fields of flan-t5-xxl at tiny sizes + the LLaVA-style mm fields
-        config = CLIPT5Config(vocab_size=n_tokens + PADDED_VOCAB_EXTRA, **T5)
-        config.architectures = ["CLIPT5ForConditionalGeneration"]
-        config.mm_vision_tower = "openai/clip-vit-large-patch14-336"
-        config.mm_hidden_size = VISION["hidden_size"]
-        config.mm_projector_type = "mlp2x_gelu"
-        config.mm_vision_select_layer = -2
-        config.mm_vision_select_feature = "patch"
-        config.use_mm_proj = True
-        config.image_aspect_ratio = "pad"
-        config.tune_mm_mlp_adapter = False
-        config.freeze_mm_mlp_adapter = False
-        config.use_cache = True
-        model = CLIPT5ForConditionalGeneration(config)  # builds the tower from the (fake) hub id
-        randomize(model, gen)
-        with torch.no_grad():  # the tower as saved in the checkpoint = the hub tower (frozen in training)
-            model.vision_tower.vision_tower.load_state_dict(vision.state_dict())
-        aim_answer_rows(model, config, tok_dir, gen)
-        # published as bfloat16 pytorch_model*.bin (the top-level `embed_tokens` alias of `shared` rules out safetensors)
-        model.to(torch.bfloat16).save_pretrained(str(model_dir), safe_serialization=False, max_shard_size="150KB")
+        n_tokens = build(model_dir, tower_dir, cache, work, gen)
 
         names = make_images(HERE / "images")
 
