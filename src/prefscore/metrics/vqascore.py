@@ -167,7 +167,8 @@ class ClipT5:
             raise ModelSourceError(f"{source}: no config.json (expected the zhiqiulin/clip-flant5-xxl layout)")
         if config.get("model_type") != "clip_t5" or "mm_vision_tower" not in config:
             raise CheckpointError(f"{source}: model_type {config.get('model_type')!r} is not a CLIP-FlanT5 checkpoint "
-                                  "(config.json with model_type 'clip_t5' and mm_vision_tower)")
+                                  "(config.json with model_type 'clip_t5' and mm_vision_tower); vqascore runs "
+                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models (other VLM families are not supported yet)")
         self.source = source
         self.device, self.dtype = device, dtype
         self.template = CONVERSATIONS[options.conversation]
@@ -178,7 +179,7 @@ class ClipT5:
             tok_source = str(directory) if has_tok else DEFAULT_TOKENIZER
         tok_dir = hub.local_dir(tok_source, TOKENIZER_FILES, what="FlanT5 tokenizer")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), model_max_length=CONTEXT_LEN)  # as t2v-metrics
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{tok_source}: cannot load the FlanT5 tokenizer: {exc}") from None
         self.n_tokens = len(self.tokenizer)
