@@ -295,6 +295,17 @@ def _builtin() -> None:
         options=None,
     ))
     register(MetricSpec(
+        name="vqascore", family="vqascore", aliases=("vqa-score", "clip-flant5", "t2v-vqascore"),
+        summary='VQAScore: a VLM\'s probability of answering "Yes" to "Does this figure show \\"{prompt}\\"? Please answer yes or no."',
+        inputs="image+prompt", output_range=(0.0, 1.0), typical="0-1; about 0.3-0.9 on real generations (CLIP-FlanT5-XXL)",
+        higher_is_better=True, default_model="zhiqiulin/clip-flant5-xxl (+ openai/clip-vit-large-patch14-336 processor)",
+        weights_license="Apache-2.0 (CLIP-FlanT5; FlanT5: Apache-2.0, CLIP: MIT)",
+        strength="best agreement with humans on compositional prompt alignment (GenAI-Bench, Winoground, TIFA)",
+        caveat="alignment only, not quality; an 11B model (~22 GB in bfloat16)",
+        entry="prefscore.metrics.vqascore:VQAScore", paper="Lin et al. 2024, Evaluating Text-to-Visual Generation with Image-to-Text Generation (ECCV)",
+        options=None,
+    ))
+    register(MetricSpec(
         name="custom", family="custom", aliases=("trained",),
         summary="A preference or rating model trained with `prefscore train` (head on frozen CLIP features, or a fine-tuned CLIP)",
         inputs="image+prompt", output_range=(-INF, INF), typical="see the model card in the model directory",
