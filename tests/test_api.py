@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import prefscore
-from conftest import shared_fixture
+from conftest import assert_close_paths, shared_fixture
 from prefscore.images import find_images, load_image
 
 
@@ -70,7 +70,7 @@ def test_prompt_list_equals_per_image_calls(hps_metric):
     prompts = ["a red fox", "a blue car", "a red fox"]
     batch = hps_metric.score(imgs, prompts)
     single = [hps_metric.score(i, p) for i, p in zip(imgs, prompts)]
-    assert np.allclose(batch, single, atol=1e-6)
+    assert_close_paths(batch, single)  # one batch vs three single calls
 
 
 def test_compare_is_softmax_with_training_temperature(hps_metric):
@@ -82,7 +82,8 @@ def test_compare_is_softmax_with_training_temperature(hps_metric):
     e = np.exp((s - s.max()) / tau)
     assert np.allclose(p, e / e.sum(), atol=1e-9)
     p2 = hps_metric.compare(imgs[:2], "a red fox", temperature=0.5)
-    assert p2[0] == pytest.approx(1 / (1 + math.exp(-(s[0] - s[1]) / 0.5)))  # Bradley-Terry for two
+    s2 = hps_metric.score(imgs[:2], "a red fox")  # the same two-image batch as compare's
+    assert p2[0] == pytest.approx(1 / (1 + math.exp(-(s2[0] - s2[1]) / 0.5)))  # Bradley-Terry for two
 
 
 def test_bad_images_never_lose_the_others(tmp_path, hps_metric):
@@ -101,7 +102,7 @@ def test_bad_images_never_lose_the_others(tmp_path, hps_metric):
     assert "empty" in reasons[1] and "not an image" in reasons[2] and "truncated" in reasons[3] and "not found" in reasons[4]
     assert "empty.png" in str(err) and "cut.jpg" in str(err)
     assert np.isfinite(err.scores[[0, 5]]).all() and np.isnan(err.scores[1:5]).all()
-    assert err.scores[0] == pytest.approx(hps_metric.score(good, "a cat"), abs=1e-6)
+    assert_close_paths(err.scores[0], hps_metric.score(good, "a cat"))  # in a batch vs alone
     nan = hps_metric.score(items, "a cat", on_error="nan")
     assert np.array_equal(np.isnan(nan), np.isnan(err.scores))
 

@@ -20,7 +20,7 @@ from prefscore.backbones.resnet import ModifiedResNet, ResNetConfig, resnet_from
 from prefscore.errors import CheckpointError, ModelSourceError, PromptError, ScoringError
 from prefscore.metrics.clipiqa_rn50 import DEFAULT_SOURCE, TOKENIZER_SOURCE
 
-from conftest import shared_fixture
+from conftest import assert_close_paths, shared_fixture
 
 DATA = Path(__file__).parent / "data" / "clipiqa_rn50"
 EXPECTED = json.loads((DATA / "expected.json").read_text())
@@ -116,7 +116,7 @@ def test_same_size_batch_equals_single_images(metric):
     flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     batch = metric.score([image, flipped], batch_size=2)
     single = np.stack([metric.score(image), metric.score(flipped)])
-    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-6)
+    assert_close_paths(batch, single)  # one batch vs single calls
     np.testing.assert_allclose(batch[0], _expected_scores(["quality", "sharpness"])[0], atol=ATOL)
 
 

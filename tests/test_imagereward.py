@@ -96,7 +96,8 @@ def test_compare_is_bradley_terry_on_the_raw_reward(fixture, metric):
     expected = np.exp(raw - raw.max()) / np.exp(raw - raw.max()).sum()
     np.testing.assert_allclose(p, expected, rtol=1e-9)
     p2 = metric.compare(images[:2], prompt)
-    assert p2[0] == pytest.approx(1 / (1 + math.exp(-(raw[0] - raw[1]))), rel=1e-9)
+    raw2 = metric.score(images[:2], prompt) * REWARD_STD + REWARD_MEAN  # the same two-image batch as compare's
+    assert p2[0] == pytest.approx(1 / (1 + math.exp(-(raw2[0] - raw2[1]))), rel=1e-9)
 
 
 def test_bad_images_do_not_lose_other_items(fixture, metric, tmp_path):

@@ -19,6 +19,7 @@ from PIL import Image
 
 import prefscore
 from prefscore.errors import ModelSourceError, ScoringError
+from conftest import assert_close_paths
 from prefscore.metrics.qalign_backends import QAlignBackendError
 from prefscore.metrics.qalign_video import read_video_frames, sample_indices
 
@@ -221,7 +222,7 @@ def test_llava_video_frames_and_padding(llava_dir, tmp_path):
     assert [len(f) for f in frames] == [2, 3]
     batched = metric.score([short, long], batch_size=2)
     alone = np.array([metric.score(short), metric.score(long)])
-    np.testing.assert_allclose(batched, alone, atol=1e-6)
+    assert_close_paths(batched, alone)  # batched vs alone
     # explicit forward: all frames of a video, one image token each, video wording of the prompt
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -237,10 +238,10 @@ def test_llava_video_frames_and_padding(llava_dir, tmp_path):
             logits.append(model(**inputs).logits[0, -1, ids])
     np.testing.assert_allclose(batched, expected_from_logits(torch.stack(logits)), atol=1e-5)
     # a list of frames is a video too (used as given); an image is a one-frame video
-    np.testing.assert_allclose(metric.score([frames[0]]), batched[:1], atol=1e-6)
+    assert_close_paths(metric.score([frames[0]]), batched[:1])
     still = tmp_path / "still.png"
     frames[1][0].save(still)
-    np.testing.assert_allclose(metric.score([still, frames[1][0]]), metric.score([[frames[1][0]]] * 2), atol=1e-6)
+    assert_close_paths(metric.score([still, frames[1][0]]), metric.score([[frames[1][0]]] * 2))
 
 
 # -- Qwen2-VL ------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_qwen2vl_batching_and_padding_side(qwen_dir):
     assert tok.convert_ids_to_tokens(metric.level_token_ids) == ["Ġ" + w for w in LEVELS]
     batched = metric.score(images, batch_size=3)
     singles = np.array([metric.score(im) for im in images])
-    np.testing.assert_allclose(batched, singles, atol=1e-6)
+    assert_close_paths(batched, singles)  # batched vs one by one
     np.testing.assert_allclose(batched, qwen_reference(qwen_dir, images, "right"), atol=1e-5)
     np.testing.assert_allclose(batched, qwen_reference(qwen_dir, images, "left"), atol=1e-5)
     assert np.ptp(batched) > 0.005
@@ -326,7 +327,7 @@ def test_bad_items_do_not_lose_the_batch(llava_dir, tmp_path):
     with pytest.raises(ScoringError) as info:
         metric.score([good[0], corrupt, good[1]])
     assert [e[0] for e in info.value.errors] == [1] and "corrupt.png" in str(info.value)
-    np.testing.assert_allclose(info.value.scores[[0, 2]], alone, atol=1e-6)
+    assert_close_paths(info.value.scores[[0, 2]], alone)
     assert np.isnan(info.value.scores[1])
     probs = metric.level_probabilities([good[0], corrupt], on_error="nan")
     assert np.isnan(probs[1]).all() and np.isfinite(probs[0]).all()
