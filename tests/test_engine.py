@@ -162,17 +162,19 @@ class _Counting(Metric):
                                typical="", higher_is_better=True, default_model="", weights_license="", strength="",
                                caveat="", entry="")
         self.lock = threading.Lock()
-        self.prepared = self.forwarded = self.max_ahead = 0
+        self.prepared: set[float] = set()  # distinct images: on a busy machine the caller may decode an image a
+        self.forwarded = self.max_ahead = 0  # starved worker still holds, and that worker's late copy is dropped
 
     def preprocess(self, image, name):
         time.sleep(0.002)
+        value = float(np.asarray(image, dtype=np.float64).mean())
         with self.lock:
-            self.prepared += 1
-        return torch.tensor([float(np.asarray(image, dtype=np.float64).mean())])
+            self.prepared.add(value)
+        return torch.tensor([value])
 
     def forward(self, pixels, prompts):
         with self.lock:
-            self.max_ahead = max(self.max_ahead, self.prepared - self.forwarded)
+            self.max_ahead = max(self.max_ahead, len(self.prepared) - self.forwarded)
         self.forwarded += len(pixels)
         return pixels[:, 0]
 
