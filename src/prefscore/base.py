@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from . import differentiable, preprocess
 from .errors import PromptError, PromptTruncationWarning, ScoringError
 from .images import IMAGE_SUFFIXES, ImageInput
 
@@ -43,6 +44,32 @@ def align_prompts(prompts: str | Sequence[str] | None, n: int, metric: str, requ
         if not isinstance(p, str):
             raise PromptError(f"prompt #{i} is {type(p).__name__}, not a string (missing prompt?)")
     return prompts
+
+
+def check_options(metric: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Raise ``TypeError`` naming the options of ``given`` that ``metric`` does not have, and the ones it has."""
+    known = set(known)
+    unknown = set(given) - known
+    if unknown:
+        raise TypeError(f"metric '{metric}' has no option(s) {', '.join(sorted(unknown))}; "
+                        f"its options: {', '.join(sorted(known)) or 'none'}")
+
+
+class HFProcessorInput:
+    """Mixin for metrics whose images go through a transformers 4.x image processor (``self.processor``, a
+    :class:`prefscore.preprocess.HFProcessorConfig`: CLIP or SigLIP settings), exactly and differentiably."""
+
+    processor: "preprocess.HFProcessorConfig"
+
+    def preprocess(self, image, name):
+        return preprocess.hf_clip(image, self.processor, name=name)
+
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
+        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
+
+    def preprocess_key(self):
+        return ("hf_clip", self.processor)
 
 
 class Metric:

@@ -111,10 +111,10 @@ def load(name: str, model: str | Path | None = None, device: str = "cpu", dtype:
     if model is None and Path(name).expanduser().is_dir():
         return _load_directory(Path(name).expanduser(), device, dtype, **options)
     spec = get_spec(name)
-    unknown = set(options) - set(spec.options) if spec.options is not None else set()
-    if unknown:
-        known = ", ".join(sorted(spec.options)) or "none"
-        raise TypeError(f"metric '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; its options: {known}")
+    if spec.options is not None:
+        from .base import check_options  # torch only once a metric is loaded
+
+        check_options(spec.name, options, spec.options)
     module_name, cls_name = spec.entry.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     metric = cls(spec, source=str(model) if model is not None else spec.default_model, device=device, dtype=dtype, **options)

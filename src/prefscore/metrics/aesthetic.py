@@ -23,7 +23,7 @@ from torch import nn
 from .. import differentiable, hub, preprocess
 from ..backbones.clip import OPENAI_ARCH, read_state_dict
 from ..backbones.loading import fetch_url, has_hf_clip, load_clip_tower, load_processor_config
-from ..base import Metric
+from ..base import HFProcessorInput, Metric
 from ..errors import CheckpointError
 
 OPENAI_CLIP_FILES = ("ViT-L-14.pt", "clip.pt", "model.pt")
@@ -177,7 +177,7 @@ def build_v25_head(sd: dict, embed_dim: int, source: str) -> AestheticV25Head:
     return head.eval().requires_grad_(False)
 
 
-class AestheticV25(Metric):
+class AestheticV25(HFProcessorInput, Metric):
     """Aesthetic Predictor V2.5 (about 1-10, higher is better; 5.5+ is 'great' by its README).
 
     ``head(f / |f|)`` with ``f`` the ``pooler_output`` of SigLIP so400m-patch14-384 and the MLP head
@@ -212,16 +212,6 @@ class AestheticV25(Metric):
         self.head = build_v25_head(read_state_dict(head_path), self.siglip.hidden_size, str(head_path))
         self.siglip.to(self.device)
         self.head.to(self.device)
-
-    def preprocess(self, image, name):
-        return preprocess.hf_clip(image, self.processor, name=name)
-
-    def preprocess_tensor(self, pixels, quantize: bool = True):
-        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
-        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
-
-    def preprocess_key(self):
-        return ("hf_clip", self.processor)
 
     def image_tower(self):
         return self, "siglip"

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import differentiable, hub, preprocess
 from ..backbones.clip import count_layers, load_into, read_state_dict
-from ..base import Metric
+from ..base import Metric, check_options
 from ..errors import CheckpointError, ModelSourceError, PromptError
 from ..images import ImageInput
 
@@ -294,9 +294,7 @@ class ImageReward(Metric):
 
     def __init__(self, spec, source: str, device="cpu", dtype="float32", checkpoint: str | None = None,
                  tokenizer: str | None = None, **unknown):
-        if unknown:
-            raise TypeError(f"metric '{spec.name}' has no option(s) {', '.join(sorted(unknown))}; "
-                            f"its options: checkpoint, tokenizer")
+        check_options(spec.name, unknown, ("checkpoint", "tokenizer"))
         super().__init__(device, dtype)
         self.spec = spec
         repo = IMAGEREWARD_REPO if source == spec.default_model else source

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import differentiable, hub, preprocess
+from .. import hub
 from ..backbones.clip import check_fit, count_layers, load_into
 from ..backbones.loading import has_processor, load_clip_processor
-from ..base import Metric
+from ..base import HFProcessorInput, Metric
 from ..errors import CheckpointError, ModelSourceError
 from .similarity import l2_normalize
 
@@ -405,7 +405,7 @@ def _build_clip(state: dict, config: dict, source: str, dtype: torch.dtype):
     return load_into(model, state, source, dtype)
 
 
-class MPS(Metric):
+class MPS(HFProcessorInput, Metric):
     """MPS overall preference: ``exp(logit_scale) * cos`` (compare within a prompt; softmax = preference)."""
 
     def __init__(self, spec, source: str, device="cpu", dtype="float32", processor: str | None = None,
@@ -467,16 +467,6 @@ class MPS(Metric):
         return self._condition_tokens
 
     # -- images --------------------------------------------------------------------------------
-    def preprocess(self, image, name):
-        return preprocess.hf_clip(image, self.processor, name=name)
-
-    def preprocess_tensor(self, pixels, quantize: bool = True):
-        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
-        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
-
-    def preprocess_key(self):
-        return ("hf_clip", self.processor)
-
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Projected encoder tokens (before ``post_layernorm``) ``(B, 1 + patches, d)``."""
         return self.clip.visual_projection(self.clip.vision_model(pixel_values=pixels).last_hidden_state)

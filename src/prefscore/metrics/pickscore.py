@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from .. import differentiable, hub, preprocess
+from .. import hub
 from ..backbones.clip import OPEN_CLIP_VIT_H_14
 from ..backbones.loading import has_processor, hf_max_length, hf_text_features, hf_token_counts, load_clip_processor, load_clip_tower
+from ..base import HFProcessorInput
 from .similarity import ClipSimilarityMetric
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
-class PickScore(ClipSimilarityMetric):
+class PickScore(HFProcessorInput, ClipSimilarityMetric):
     """PickScore (about 18-23 on real images; compare within a prompt)."""
 
     def __init__(self, spec, source: str, device="cpu", dtype="float32", processor: str | None = None):
@@ -34,19 +35,10 @@ class PickScore(ClipSimilarityMetric):
             processor = repo if hub.is_local(repo) and has_processor(Path(repo)) else PROCESSOR_REPO
         self.tokenizer, self.processor = load_clip_processor(processor, what="CLIP-H processor")
 
-    def preprocess(self, image, name):
-        return preprocess.hf_clip(image, self.processor, name=name)
-
-    def preprocess_tensor(self, pixels, quantize: bool = True):
-        """Differentiable twin of :meth:`preprocess`: pixels ``(B, 3, H, W)`` in [0, 1] -> model input."""
-        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
-
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         self.note_truncation(prompts, lambda ps: hf_token_counts(self.tokenizer, ps), hf_max_length(self.tokenizer))
         return hf_text_features(self.clip, self.tokenizer, prompts, self.device)
 
-    def preprocess_key(self):
-        return ("hf_clip", self.processor)
 
     def forward(self, pixels, prompts):
         return self.clip.logit_scale.float().exp() * self.cosine(pixels, prompts)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from ..base import Metric, _Progress
+from ..base import Metric, _Progress, check_options
 from ..errors import ImageError, ScoringError
 from ..images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageInput, describe, load_image
 from .qalign_backends import QAlignBackendError, make_backend
@@ -85,10 +85,7 @@ class QAlignOptions:
 
     @classmethod
     def from_kwargs(cls, **options) -> "QAlignOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"metric 'q-align' has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known))}")
+        check_options("q-align", options, (f.name for f in dataclasses.fields(cls)))
         opts = cls(**options)
         task = TASK_ALIASES.get(str(opts.task).lower(), str(opts.task).lower())
         if task not in TASKS:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 
 from .. import hub, preprocess
 from ..backbones.clip import read_state_dict
-from ..base import Metric
+from ..base import Metric, check_options
 from ..errors import CheckpointError, ModelSourceError, PromptError
 from .qalign_backends import expand2square, pad_colour
 
@@ -84,10 +83,7 @@ class VQAScoreOptions:
 
     @classmethod
     def from_kwargs(cls, **options) -> "VQAScoreOptions":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"metric 'vqascore' has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known))}")
+        check_options("vqascore", options, (f.name for f in dataclasses.fields(cls)))
         opts = cls(**options)
         for name in ("question", "answer"):
             if not isinstance(getattr(opts, name), str):
