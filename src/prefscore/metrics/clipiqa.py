@@ -14,10 +14,9 @@ from typing import Sequence, Union
 
 import torch
 
-from .. import differentiable, preprocess
 from ..backbones.clip import OPENAI_ARCH
 from ..backbones.loading import hf_text_features, load_clip_processor, load_clip_tower
-from ..base import Metric
+from ..base import HFProcessorInput, Metric
 
 # torchmetrics' built-in pairs (name -> (positive, negative)); "colorfullness" is its spelling.
 BUILTIN_PROMPTS: dict[str, tuple[str, str]] = {
@@ -98,7 +97,7 @@ class ClipIQA(Metric):
         return self.backbone.preprocess_tensor(pixels, quantize=quantize)
 
     def preprocess_key(self):
-        return ("hf_clip", self.backbone.processor) if isinstance(self.backbone, HFBackbone) else None
+        return self.backbone.preprocess_key() if isinstance(self.backbone, HFBackbone) else None
 
     def image_tower(self):
         return (self.backbone, "clip") if isinstance(self.backbone, HFBackbone) else None
@@ -110,20 +109,13 @@ class ClipIQA(Metric):
         return logits.view(len(img), len(self.pairs), 2).softmax(dim=-1)[..., 0]
 
 
-class HFBackbone:
+class HFBackbone(HFProcessorInput):
     """Any HF CLIP (or OpenAI-format ``.pt`` in a directory), CLIP processor preprocessing."""
 
     def __init__(self, source: str, dtype: torch.dtype, device: torch.device):
         self.device = device
         self.clip = load_clip_tower(source, OPENAI_ARCH, dtype, ("model.pt",), what="CLIP model").to(device)
         self.tokenizer, self.processor = load_clip_processor(source, what="CLIP processor")
-
-    def preprocess(self, image, name):
-        return preprocess.hf_clip(image, self.processor, name=name)
-
-    def preprocess_tensor(self, pixels, quantize: bool = True):
-        """CLIP processor in torch (:func:`prefscore.differentiable.hf_clip_tensor`)."""
-        return differentiable.hf_clip_tensor(pixels, self.processor, quantize=quantize)
 
     def image_features(self, pixels):
         return self.clip.image_features(pixels)
