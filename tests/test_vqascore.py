@@ -144,3 +144,30 @@ def test_evaluation_scores_it(metric):
     assert not failures
     for c, v in zip(cases, table.values["vqascore"]):
         assert abs(v - c["score"]) <= tol(c["score"])
+
+
+def test_evaluate_calibrate_and_composite_accept_it(metric, tmp_path):
+    """Human pairs -> agreement, and a calibrated composite that reloads vqascore with its options."""
+    import pandas as pd
+
+    from prefscore.evaluation import EvalConfig, calibrate, evaluate
+
+    prompt = CASES[0]["prompt"]
+    names = ["square.png", "wide.png", "tall.jpg", "rgba.png"]
+    paths = [str(DATA / "images" / n) for n in names]
+    ref = {c["image"].split("/")[-1]: c["score"] for c in CASES if c["prompt"] == prompt}
+    rows = [{"prompt": prompt, "image_a": paths[a], "image_b": paths[b], "label": "a"} for a, b in [(0, 1), (2, 3), (1, 2)]]
+    pd.DataFrame(rows).to_csv(tmp_path / "prefs.csv", index=False)
+    options = {"vqascore": {"vision_tower": str(TOWER)}}
+    res = evaluate(tmp_path / "prefs.csv", metrics=["vqascore"], models={"vqascore": str(MODEL)}, options=options,
+                   config=EvalConfig(n_boot=0))
+    got = dict(zip(res.item_scores.images, res.item_scores.values["vqascore"]))
+    for n, p in zip(names, paths):
+        assert abs(got[p] - ref[n]) <= tol(ref[n])
+    human_ok = np.mean([ref[names[a]] > ref[names[b]] for a, b in [(0, 1), (2, 3), (1, 2)]])
+    assert res.get("vqascore", "accuracy").estimate == pytest.approx(human_ok)
+
+    frame = pd.DataFrame({"image": paths, "prompt": prompt, "vqascore": [got[p] for p in paths]})
+    cal = calibrate(frame, columns=["vqascore"], models={"vqascore": str(MODEL)}, options=options)
+    composite = prefscore.load("composite", model=cal.save(tmp_path / "cal.json"))
+    assert np.allclose(composite.score(paths, prompt), cal.apply(frame), rtol=1e-5, atol=1e-6)
