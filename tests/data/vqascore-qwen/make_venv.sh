@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # t2v-metrics 3.0's Qwen2-VL / Qwen2.5-VL VQAScore path in its own virtualenv (never the project's .venv).
 # t2v-metrics 3.0 declares ~70 dependencies; it is installed with --no-deps plus what its Qwen path imports, at the
-# official pins: transformers 4.49.0, numpy 1.26.4, Pillow 10.0.0, and qwen-vl-utils 0.0.11 (the release current
-# when t2v-metrics 3.0 was published on 2025-09-13; the package itself is unpinned). qwen_vl_utils imports
+# official pins: transformers 4.49.0, numpy 1.26.4, and qwen-vl-utils 0.0.11 (the release current
+# when t2v-metrics 3.0 was published on 2025-09-13; the package itself is unpinned). Pillow: 13.0.0 (prefscore's),
+# not the pinned 10.0.0, whose bicubic resize differs by up to 7 levels on some sizes (see README.md). qwen_vl_utils imports
 # torchvision, so torch 2.13.0 (which cannot sit beside a torchvision) is not usable: torch 2.14.1 + torchvision
 # 0.29.1 (the recipe of tests/data/hpsv3/make_venv.sh). accelerate: from_pretrained(device_map="auto") needs it;
 # opencv-python-headless: score.py imports mm_utils, which imports cv2 (as for tests/data/vqascore).
@@ -11,7 +12,7 @@ VENV=${VQASCORE_QWEN_VENV:-/work/venvs/vqascore-qwen}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/pip" install -q transformers==4.49.0 numpy==1.26.4 Pillow==10.0.0 accelerate==1.10.1 safetensors tokenizers \
+  "$VENV/bin/pip" install -q transformers==4.49.0 numpy==1.26.4 Pillow==13.0.0 accelerate==1.10.1 safetensors tokenizers \
       opencv-python-headless==4.10.0.84
   "$VENV/bin/pip" install -q --no-deps qwen-vl-utils==0.0.11 t2v-metrics==3.0
 fi
