@@ -1,5 +1,14 @@
-"""VQAScore (Lin et al., ECCV 2024, GenAI-Bench): how likely a VLM answers "Yes" to
-``Does this figure show "{prompt}"? Please answer yes or no.``, as t2v-metrics 3.0 computes it.
+"""VQAScore (Lin et al., ECCV 2024, GenAI-Bench): how likely a VLM answers "Yes" to a question about the
+prompt, as t2v-metrics 3.0 computes it. The model family follows ``model_type`` in the checkpoint's
+``config.json``; ``model=`` also takes t2v-metrics' names (:data:`MODEL_ALIASES`):
+
+* ``clip_t5`` (this module, :class:`ClipT5`): ``Does this figure show "{prompt}"? Please answer yes or no.``,
+  described below;
+* ``qwen2_vl`` / ``qwen2_5_vl`` (:mod:`prefscore.metrics.vqascore_qwen`, ``qwen2-vl-2b/7b/72b``,
+  ``qwen2.5-vl-3b/7b/32b/72b``): ``Does this image show "{prompt}"?`` in the model's chat template; the score
+  is the probability of the first token of ``Yes`` after the generation config's repetition penalty.
+
+``question`` / ``answer`` default to the family's t2v-metrics templates.
 
 Default model ``clip-flant5-xxl`` (``zhiqiulin/clip-flant5-xxl``): CLIP ViT-L/14-336 (hidden states
 of the penultimate layer, CLS dropped) -> ``mlp2x_gelu`` projector -> FlanT5-XXL encoder-decoder.

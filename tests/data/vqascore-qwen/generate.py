@@ -207,6 +207,8 @@ def import_official():
     ``decord`` (videos only) as an empty module. The modules used are imported unchanged."""
     import importlib.util
 
+    import transformers  # noqa: F401  (its optional-package probes run before the decord stub exists)
+
     root = Path(importlib.util.find_spec("t2v_metrics").submodule_search_locations[0])
     for name, sub in [("t2v_metrics", ""), ("t2v_metrics.models", "models"),
                       ("t2v_metrics.models.vqascore_models", "models/vqascore_models")]:
