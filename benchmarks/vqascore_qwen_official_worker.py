@@ -1,8 +1,8 @@
-"""t2v-metrics 3.0's Qwen2-VL VQAScore timed on the tiny fixture model; run in /work/venvs/vqascore-qwen.
+"""t2v-metrics 3.0's Qwen2-VL VQAScore timed on a random model folder; run in /work/venvs/vqascore-qwen.
 
-    python vqascore_qwen_official_worker.py FAMILY ROUNDS IMAGE... -- PROMPT...
+    python vqascore_qwen_official_worker.py FAMILY MODEL_DIR ROUNDS IMAGE... -- PROMPT...
 
-Loads the scorer as tests/data/vqascore-qwen/generate.py does (float32, SDPA, tiny model folder), scores every
+Loads the scorer as tests/data/vqascore-qwen/generate.py does (float32, SDPA, the model folder), scores every
 (image, prompt) pair per round through ``Score.forward`` (one image at a time, its prompts in one call), and prints
 one JSON line: the seconds of each round and the scores of the last.
 """
@@ -17,13 +17,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data" / "vqascore-qwen"))
 import generate as g  # noqa: E402
 
-family, rounds = sys.argv[1], int(sys.argv[2])
+family, model_dir, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 split = sys.argv.index("--")
-images, prompts = sys.argv[3:split], sys.argv[split + 1:]
+images, prompts = sys.argv[4:split], sys.argv[split + 1:]
 root, qwen2vl_model, Score = g.import_official()
 spec = g.FAMILIES[family]
 table = qwen2vl_model.QWEN2_VL_MODELS[spec["model_name"]]
-table["tokenizer"]["path"] = table["model"]["path"] = str(g.HERE / family)
+table["tokenizer"]["path"] = table["model"]["path"] = model_dir
 table["model"]["torch_dtype"], table["model"]["attn_implementation"] = torch.float32, "sdpa"
 
 

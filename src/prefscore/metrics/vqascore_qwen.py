@@ -26,7 +26,8 @@ t2v-metrics defaults ``Does this image show "{}"?`` / ``Yes``). Step by step, as
 
 The official code loads the model in bfloat16 with flash-attention 2 and scores one pair per call;
 prefscore's default ``dtype="float32"`` is the same computation in float32 (``dtype="bfloat16"`` is the
-official setting), with SDPA attention, pairs batched per image size (right padding, masked).
+official setting), with SDPA attention, pairs batched per image size (right padding, masked), the vision tower
+run once per distinct image of a batch.
 """
 
 from __future__ import annotations
@@ -189,10 +190,24 @@ class QwenVL:
             input_ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        # the vision tower once per distinct image of the batch (an image scored with several prompts)
+        unique, row_of = [], []
+        for i in range(b):
+            j = next((k for k, u in enumerate(unique) if torch.equal(pixels[u], pixels[i])), None)
+            if j is None:
+                unique.append(i)
+                j = len(unique) - 1
+            row_of.append(j)
+        lm = self.model.model
         grid = torch.tensor([[1, gh, gw]] * b, dtype=torch.long, device=self.device)
-        out = self.model.model(input_ids=input_ids, attention_mask=mask, image_grid_thw=grid,
-                               pixel_values=pixels.reshape(-1, pixels.shape[-1]).to(self.device, self.dtype),
-                               mm_token_type_ids=(input_ids == self.image_id).int(), use_cache=False)
+        feats = lm.get_image_features(pixels[unique].reshape(-1, pixels.shape[-1]).to(self.device, self.dtype),
+                                      grid[: len(unique)]).pooler_output
+        embeds = lm.get_input_embeddings()(input_ids)
+        image_mask = (input_ids == self.image_id).unsqueeze(-1).expand_as(embeds)
+        image_embeds = torch.cat([feats[j] for j in row_of]).to(embeds.dtype)
+        embeds = embeds.masked_scatter(image_mask, image_embeds)
+        out = lm(input_ids=input_ids, inputs_embeds=embeds, attention_mask=mask, image_grid_thw=grid,
+                 mm_token_type_ids=(input_ids == self.image_id).int(), use_cache=False)
         lengths = mask.sum(1)
         last = out.last_hidden_state[torch.arange(b, device=self.device), lengths - 1]
         logits = self.model.lm_head(last).float()

@@ -224,7 +224,9 @@ def import_official():
     return root, qwen2vl_model, Score
 
 
-def build(family: str, out: Path, gen: torch.Generator) -> dict:
+def build(family: str, out: Path, gen: torch.Generator, sizes: dict | None = None) -> dict:
+    """The model folder of ``family`` at the tiny sizes, or with ``sizes`` (``{"text": {...}, "vision": {...}}``
+    config fields) replacing them (benchmarks/bench_vqascore_qwen.py builds a larger one)."""
     import transformers
     from safetensors.torch import save_file
 
@@ -233,6 +235,9 @@ def build(family: str, out: Path, gen: torch.Generator) -> dict:
     out.mkdir(parents=True)
     base = build_tokenizer(out, spec["specials"])
     cfg = tiny_config(family, spec["specials"], base)
+    if sizes:
+        cfg.update(sizes.get("text", {}))
+        cfg["vision_config"].update(sizes.get("vision", {}))
     ids = {s: base + i for i, s in enumerate(spec["specials"])}
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor(spec["processor_class"]), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(generation_config(ids), indent=2) + "\n")
