@@ -110,15 +110,24 @@ def test_prompt_with_image_token_is_refused(loaded):
         metric.score(str(DATA / "../vqascore/images/square.png"), "a cat <|image_pad|> here")
 
 
-def test_score_tensor_gradients_reach_pixels(loaded):
+def test_score_tensor_matches_score_and_has_gradients(loaded):
+    import numpy as np
     import torch
+    from PIL import Image
 
     family, metric = loaded
-    pixels = torch.rand(2, 3, 60, 150, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    out = metric.score_tensor(pixels, ["a red fox in the snow", ""])
-    assert out.shape == (2,) and bool(((out > 0) & (out < 1)).all())
-    out.sum().backward()
-    assert pixels.grad is not None and float(pixels.grad.abs().sum()) > 0
+    prompts = ["a red fox in the snow", ""]
+    for name in ("wide.png", "tall.jpg", "rgba.png"):  # downscaled, mixed, upscaled
+        with Image.open(DATA / "../vqascore/images" / name) as im:
+            rgb = np.asarray(im.convert("RGB"))  # the official code converts before resizing
+        one = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255)
+        pixels = one.repeat(2, 1, 1, 1).requires_grad_(True)
+        out = metric.score_tensor(pixels, prompts)
+        ref = metric.score([str(DATA / "../vqascore/images" / name)] * 2, prompts)
+        assert out.shape == (2,)
+        assert np.allclose(out.detach().numpy(), ref, rtol=0, atol=1e-5), (family, name)  # same pixels, same kernels
+        out.sum().backward()
+        assert pixels.grad is not None and float(pixels.grad.abs().sum()) > 0
 
 
 def test_t2v_metrics_names_resolve():
