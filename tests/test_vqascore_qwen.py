@@ -139,6 +139,20 @@ def test_t2v_metrics_names_resolve():
         prefscore.load("vqascore", model="qwen2.5-vl-32b")
 
 
+def test_t2v_metrics_name_loads_from_the_hub_cache(monkeypatch, tmp_path):
+    """``model="qwen2.5-vl-7b"`` -> Qwen/Qwen2.5-VL-7B-Instruct, offline from a hub cache holding the tiny model."""
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    commit = "0" * 40
+    root = cache / "models--Qwen--Qwen2.5-VL-7B-Instruct"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(DATA / "qwen2.5-vl", root / "snapshots" / commit)
+    metric = prefscore.load("vqascore", model="qwen2.5-vl-7b")
+    case = next(c for c in cases("qwen2.5-vl") if c["image"].endswith("square.png") and c["prompt_index"] == 0)
+    assert abs(metric.score(str(DATA / case["image"]), case["prompt"]) - case["score"]) <= tol(case["score"])
+
+
 def test_unknown_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="model_type 'llama'.*qwen2_vl"):

@@ -380,13 +380,15 @@ class VQAScore(Metric):
         source = DEFAULT_MODEL if source == spec.default_model else resolve_model(str(source))
         kind, config_path = model_type(source)
         if kind in QWEN_CLASSES:
-            from .vqascore_qwen import ANSWER as QWEN_ANSWER, QUESTION as QWEN_QUESTION, QwenVL
+            from .vqascore_qwen import ANSWER as QWEN_ANSWER, MODEL_FILES as QWEN_FILES
+            from .vqascore_qwen import QUESTION as QWEN_QUESTION, QwenVL
 
             if self.options.clip_t5_only():
                 raise ValueError(f"option(s) {', '.join(self.options.clip_t5_only())} apply to CLIP-FlanT5 only, not to "
                                  f"the {kind} model {source}")
             o = self.options
-            self.model = QwenVL(config_path.parent, _read_json(config_path),
+            directory = hub.local_dir(source, QWEN_FILES, what=f"{kind} config, weights, processor and tokenizer")
+            self.model = QwenVL(directory, _read_json(config_path),
                                 QWEN_QUESTION if o.question is None else o.question,
                                 QWEN_ANSWER if o.answer is None else o.answer, self.device, self.dtype)
         elif kind == "clip_t5":
