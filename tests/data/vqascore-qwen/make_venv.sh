@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # t2v-metrics 3.0's Qwen2-VL / Qwen2.5-VL VQAScore path in its own virtualenv (never the project's .venv).
-# t2v-metrics 3.0 declares ~70 dependencies; it is installed with --no-deps plus what its Qwen path imports, at the
-# official pins: transformers 4.49.0, numpy 1.26.4, and qwen-vl-utils 0.0.11 (the release current
-# when t2v-metrics 3.0 was published on 2025-09-13; the package itself is unpinned). Pillow: 13.0.0 (prefscore's),
-# not the pinned 10.0.0, whose bicubic resize differs by up to 7 levels on some sizes (see README.md). qwen_vl_utils imports
-# torchvision, so torch 2.13.0 (which cannot sit beside a torchvision) is not usable: torch 2.14.1 + torchvision
-# 0.29.1 (the recipe of tests/data/hpsv3/make_venv.sh). accelerate: from_pretrained(device_map="auto") needs it;
-# opencv-python-headless: score.py imports mm_utils, which imports cv2 (as for tests/data/vqascore).
+# t2v-metrics 3.0 declares ~70 dependencies; it is installed with --no-deps plus what its Qwen path imports:
+# transformers 4.49.0 and numpy 1.26.4 (the official pins); qwen-vl-utils 0.0.11 (unpinned by t2v-metrics: the release
+# current when t2v-metrics 3.0 was published on 2025-09-13), itself --no-deps (av is for videos only);
+# Pillow 13.0.0 (prefscore's), not the pinned 10.0.0, whose bicubic resize gives other pixels on some sizes (README.md);
+# qwen_vl_utils imports torchvision, so torch 2.13.0 (which cannot sit beside a torchvision) is not usable:
+# torch 2.14.1 + torchvision 0.29.1 (the recipe of tests/data/hpsv3/make_venv.sh); accelerate, since
+# from_pretrained(device_map="auto") needs it; opencv-python-headless, since score.py imports mm_utils, which imports
+# cv2 (as for tests/data/vqascore).
 set -euo pipefail
 VENV=${VQASCORE_QWEN_VENV:-/work/venvs/vqascore-qwen}
 if [ ! -x "$VENV/bin/python" ]; then
