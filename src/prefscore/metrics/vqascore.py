@@ -184,7 +184,7 @@ class ClipT5:
         if config.get("model_type") != "clip_t5" or "mm_vision_tower" not in config:
             raise CheckpointError(f"{source}: model_type {config.get('model_type')!r} is not a CLIP-FlanT5 checkpoint "
                                   "(config.json with model_type 'clip_t5' and mm_vision_tower); vqascore runs "
-                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models (other VLM families are not supported yet)")
+                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models")
         self.source = source
         self.device, self.dtype = device, dtype
         self.template = CONVERSATIONS[options.conversation or "t5_chat"]
@@ -352,7 +352,7 @@ class ClipT5:
 def resolve_model(source: str) -> str:
     """t2v-metrics' model names (``clip-flant5-xxl``, ``qwen2.5-vl-7b``, ...) -> hub repositories; a local
     directory or any other name is returned unchanged."""
-    if hub.is_local(source) and Path(source).expanduser().exists():
+    if hub.is_local(source):
         return source
     return MODEL_ALIASES.get(source.lower(), source)
 
