@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 import prefscore
 from prefscore.cli import app
-from prefscore.metrics.hpsv3 import (CHECKPOINT, PIXELS, preference_probabilities, smart_resize, user_text)
+from prefscore.backbones.qwen2vl import smart_resize
+from prefscore.metrics.hpsv3 import (CHECKPOINT, PIXELS, preference_probabilities, user_text)
 
 from conftest import read_jsonl
 
@@ -46,6 +47,11 @@ def _expected(case: dict) -> tuple[float, float]:
 def metric():
     torch.set_num_threads(1)
     return prefscore.load("hpsv3", model=str(MODEL))
+
+
+def hpsv3_size(h: int, w: int) -> tuple[int, int]:
+    """HPSv3's resize: qwen_vl_utils' arithmetic at min_pixels = max_pixels = 256*28*28."""
+    return smart_resize(h, w, min_pixels=PIXELS, max_pixels=PIXELS)
 
 
 def test_every_case_matches_the_official_package(metric):
@@ -75,7 +81,7 @@ def test_the_official_code_refuses_extreme_aspect_ratios_prefscore_scores_them(m
     assert [c["image"] for c in refused] == ["sliver.png"] and "aspect ratio" in refused[0]["error"]
     with Image.open(IMAGES / "sliver.png") as im:
         assert max(im.size) / min(im.size) > 200
-    assert smart_resize(300, 1) == (7784, 28)  # the reference's arithmetic, without its guard
+    assert hpsv3_size(300, 1) == (7784, 28)  # the reference's arithmetic, without its guard
 
 
 def test_cli_scores_with_both_columns(tmp_path):
@@ -126,13 +132,13 @@ def test_prompt_text_is_the_official_template(metric):
 
 
 def test_preprocessing_sizes_and_patches(metric):
-    assert smart_resize(1, 1) == (448, 448) and smart_resize(448, 448) == (448, 448)
+    assert hpsv3_size(1, 1) == (448, 448) and hpsv3_size(448, 448) == (448, 448)
     for h, w in [(120, 300), (250, 90), (1200, 1600), (3, 2)]:
-        rh, rw = smart_resize(h, w)
+        rh, rw = hpsv3_size(h, w)
         assert rh % 28 == 0 and rw % 28 == 0 and abs(rh * rw - PIXELS) / PIXELS < 0.25
     with Image.open(IMAGES / "wide.png") as im:
         patches = metric.preprocess(im, "wide.png")
-    rh, rw = smart_resize(120, 300)
+    rh, rw = hpsv3_size(120, 300)
     assert patches.shape == (rh // 28, rw // 28, 2, 2, 3 * 2 * 14 * 14)
     # both temporal copies of a patch are the same frame
     p = patches.reshape(-1, 3, 2, 14, 14)

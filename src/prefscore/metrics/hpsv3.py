@@ -3,8 +3,9 @@
 Reproduces the official package (``hpsv3`` 1.0.0, ``HPSv3RewardInferencer.reward``) on transformers 5's
 native Qwen2-VL modules:
 
-* **Image**: Pillow ``convert("RGB")`` of the stored image (alpha dropped, no EXIF rotation), then
-  ``smart_resize`` (``hpsv3/dataset/utils.py``) with ``min_pixels = max_pixels = 256 * 28 * 28``: both
+* **Image** (:mod:`prefscore.backbones.qwen2vl`): Pillow ``convert("RGB")`` of the stored image (alpha
+  dropped, no EXIF rotation), then ``smart_resize`` (``hpsv3/dataset/utils.py``) with
+  ``min_pixels = max_pixels = 256 * 28 * 28``: both
   sides rounded to multiples of 28 and the area brought to about 200 704 pixels, keeping the aspect
   ratio; Pillow bicubic on 8-bit RGB. The Qwen2-VL image processor then applies its own ``smart_resize``
   (a no-op on these sizes), ``* 1/255`` (float64 stored as float32), the OpenAI CLIP mean/std, and cuts
@@ -35,24 +36,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from .. import hub
+from ..backbones.qwen2vl import (IMAGE_TOKEN, QwenVisionSettings, compile_template, load_tokenizer, qwen_pixels,
+                                 qwen_pixels_tensor, template_from)
 from ..base import Metric
 from ..errors import CheckpointError, ModelSourceError, PromptError
-from ..images import ImageInput, to_rgb
-from ..preprocess import OPENAI_MEAN, OPENAI_STD, _resize
+from ..images import ImageInput
 
 DEFAULT_MODEL = "MizzenAI/HPSv3"
 DEFAULT_BASE = "Qwen/Qwen2-VL-7B-Instruct"
 CHECKPOINT = "HPSv3.safetensors"
 REWARD_TOKEN = "<|Reward|>"
-IMAGE_TOKEN = "<|image_pad|>"
 #: ``hpsv3/inference.py``: ``min_pixels = max_pixels = 256 * 28 * 28``
 PIXELS = 256 * 28 * 28
-IMAGE_FACTOR = 28
-MAX_RATIO = 200
 
 INSTRUCTION = """
 You are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the worst and 10 being the best. 
@@ -86,85 +84,6 @@ END
 def user_text(prompt: str) -> str:
     """The text of the user turn after the image (``use_special_tokens: true``)."""
     return INSTRUCTION.format(text_prompt=prompt) + RATING_REQUEST
-
-
-# -- image -------------------------------------------------------------------------------------
-def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = PIXELS,
-                 max_pixels: int = PIXELS, max_ratio: float | None = None) -> tuple[int, int]:
-    """``(height, width)`` rounded to multiples of ``factor`` with the area in ``[min_pixels, max_pixels]``.
-
-    The arithmetic of ``qwen_vl_utils.smart_resize`` as copied in ``hpsv3/dataset/utils.py`` (Python
-    floats, ``round`` half to even, floor when shrinking, ceil when growing). The reference refuses
-    aspect ratios above 200 (``max_ratio``); prefscore passes ``None`` and scores such images.
-    """
-    if max_ratio is not None and max(height, width) / min(height, width) > max_ratio:
-        raise ValueError(f"absolute aspect ratio must be smaller than {max_ratio}, got {max(height, width) / min(height, width)}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-class QwenVisionSettings:
-    """The fields of Qwen2-VL's ``preprocessor_config.json`` used here (defaults: Qwen2-VL-7B-Instruct)."""
-
-    def __init__(self, cfg: dict | None = None):
-        cfg = cfg or {}
-        size = cfg.get("size") or {}
-        self.min_pixels = int(cfg.get("min_pixels", size.get("shortest_edge", 56 * 56)))
-        self.max_pixels = int(cfg.get("max_pixels", size.get("longest_edge", 28 * 28 * 16384)))
-        self.patch = int(cfg.get("patch_size", 14))
-        self.temporal = int(cfg.get("temporal_patch_size", 2))
-        self.merge = int(cfg.get("merge_size", 2))
-        self.mean = tuple(cfg.get("image_mean", OPENAI_MEAN))
-        self.std = tuple(cfg.get("image_std", OPENAI_STD))
-        self.resample = int(cfg.get("resample", 3))
-        self.rescale = float(cfg.get("rescale_factor", 1 / 255))
-        if self.patch * self.merge != IMAGE_FACTOR:
-            raise CheckpointError(f"Qwen2-VL image settings with patch {self.patch} x merge {self.merge} != 28 are not "
-                                  "what HPSv3 was trained with (its resize rounds to multiples of 28)")
-
-    @property
-    def patch_dim(self) -> int:
-        return 3 * self.temporal * self.patch * self.patch
-
-    def sizes(self, height: int, width: int) -> tuple[int, int]:
-        """Final ``(height, width)``: the reference's resize, then the processor's (a no-op here)."""
-        h, w = smart_resize(height, width)
-        return smart_resize(h, w, IMAGE_FACTOR, self.min_pixels, self.max_pixels)
-
-    def patchify(self, chw: torch.Tensor) -> torch.Tensor:
-        """``(..., 3, H, W)`` normalised pixels -> ``(..., H/28, W/28, 2, 2, 3*T*14*14)``: the processor's
-        flattened patches in its order (merge windows row-major, 2x2 patches inside each), ``T`` copies of
-        the frame."""
-        *lead, c, h, w = chw.shape
-        p, m, t = self.patch, self.merge, self.temporal
-        x = chw.reshape(*lead, c, h // (p * m), m, p, w // (p * m), m, p)
-        n = len(lead)
-        # -> lead, gh/m, gw/m, m(h), m(w), c, p(h), p(w)
-        x = x.permute(*range(n), n + 1, n + 4, n + 2, n + 5, n, n + 3, n + 6)
-        x = x.unsqueeze(-3).expand(*x.shape[:-2], t, p, p)  # the frame repeated T times (np.tile)
-        return x.reshape(*lead, h // (p * m), w // (p * m), m, m, c * t * p * p)
-
-
-def hpsv3_pixels(image: Image.Image, settings: QwenVisionSettings, name: str = "<image>") -> torch.Tensor:
-    """One decoded image (stored mode) -> the patches the official code feeds the vision tower."""
-    rgb = to_rgb(image, name)
-    w, h = rgb.size
-    rh, rw = smart_resize(h, w)
-    rgb = _resize(rgb, (rw, rh), Image.BICUBIC, name)
-    fh, fw = smart_resize(rh, rw, IMAGE_FACTOR, settings.min_pixels, settings.max_pixels)
-    rgb = _resize(rgb, (fw, fh), settings.resample, name)
-    array = (np.asarray(rgb, dtype=np.uint8).astype(np.float64) * settings.rescale).astype(np.float32)
-    array = (array - np.asarray(settings.mean, dtype=np.float32)) / np.asarray(settings.std, dtype=np.float32)
-    return settings.patchify(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
 
 
 # -- preference ----------------------------------------------------------------------------------
@@ -316,12 +235,9 @@ class PromptTokens:
     """Qwen2 tokenizer (``tokenizer.json``) + ``<|Reward|>`` and the chat template, cached per prompt."""
 
     def __init__(self, tokenizer_file: Path, template: str, maxsize: int = 4096):
-        from tokenizers import AddedToken, Tokenizer
+        from tokenizers import AddedToken
 
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        except Exception as exc:  # the tokenizers library raises its own exception type
-            raise ModelSourceError(f"{tokenizer_file}: cannot load the Qwen2 tokenizer: {exc}") from None
+        self.tokenizer = load_tokenizer(tokenizer_file)
         # the official code: tokenizer.add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})
         if self.tokenizer.token_to_id(REWARD_TOKEN) is None:
             self.tokenizer.add_special_tokens([AddedToken(REWARD_TOKEN, special=True, normalized=False)])
@@ -329,12 +245,7 @@ class PromptTokens:
         self.image_id = self.tokenizer.token_to_id(IMAGE_TOKEN)
         if self.image_id is None:
             raise ModelSourceError(f"{tokenizer_file}: the tokenizer has no {IMAGE_TOKEN} token (not a Qwen2-VL tokenizer)")
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        # transformers' chat-template environment
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        self.template = env.from_string(template)
+        self.template = compile_template(template)
         self.maxsize = maxsize
         self._cache: OrderedDict[str, tuple[list[int], int, int]] = OrderedDict()
 
@@ -437,7 +348,7 @@ class HPSv3(Metric):
                         path = hub.find_file(where, [name], what=f"Qwen2-VL chat template ({name})")
                     except ModelSourceError:
                         path = None
-                template = _template_from(path) if path is not None else None
+                template = template_from(path) if path is not None else None
                 if template is not None:
                     return template
         raise ModelSourceError(f"{self.source}: no chat template (chat_template.jinja, chat_template.json or "
@@ -445,24 +356,14 @@ class HPSv3(Metric):
 
     # -- Metric hooks --------------------------------------------------------------------------------
     def preprocess(self, image, name: str) -> torch.Tensor:
-        return hpsv3_pixels(image, self.settings, name)
+        return qwen_pixels(image, self.settings, (PIXELS, PIXELS), name)
 
     def preprocess_key(self):
-        s = self.settings
-        return ("hpsv3", s.min_pixels, s.max_pixels, s.patch, s.temporal, s.merge, s.mean, s.std, s.resample, s.rescale)
+        return ("hpsv3", PIXELS) + self.settings.key()
 
     def preprocess_tensor(self, pixels: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Differentiable twin of :meth:`preprocess` for RGB ``(B, 3, H, W)`` in [0, 1] (one size per batch)."""
-        from ..differentiable import RESAMPLE_MODES, check_pixels, normalize_tensor, pil_resize, to_levels
-
-        x = to_levels(check_pixels(pixels), quantize)
-        h, w = self.settings.sizes(x.shape[-2], x.shape[-1])
-        x = pil_resize(x, h, w, "bicubic", quantize)
-        x = (x.double() * self.settings.rescale).float()
-        x = normalize_tensor(x, self.settings.mean, self.settings.std)
-        if self.settings.resample not in RESAMPLE_MODES:
-            raise ValueError(f"processor resample {self.settings.resample} is not supported by score_tensor")
-        return self.settings.patchify(x)
+        return qwen_pixels_tensor(pixels, self.settings, (PIXELS, PIXELS), quantize)
 
     def preference_temperature(self) -> float:
         return 1.0  # rewards enter sigmoid(r_A - r_B) unscaled in the loss
@@ -517,13 +418,6 @@ class HPSv3(Metric):
         return preference_probabilities(scores[:, 0], scores[:, 1], tau)
 
 
-def _template_from(path: Path) -> str | None:
-    if path.suffix == ".jinja":
-        return path.read_text(encoding="utf-8")
-    template = _read_json(path).get("chat_template")
-    return template if isinstance(template, str) else None
-
-
 def _load_state(path: Path, source: str) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -539,5 +433,4 @@ def _load_state(path: Path, source: str) -> dict[str, torch.Tensor]:
     return state["model"] if isinstance(state, dict) and "model" in state else state
 
 
-__all__ = ["HPSv3", "INSTRUCTION", "RATING_REQUEST", "hpsv3_pixels", "map_key", "preference_probabilities",
-           "smart_resize", "user_text"]
+__all__ = ["HPSv3", "INSTRUCTION", "PIXELS", "RATING_REQUEST", "map_key", "preference_probabilities", "user_text"]

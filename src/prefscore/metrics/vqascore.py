@@ -1,5 +1,14 @@
-"""VQAScore (Lin et al., ECCV 2024, GenAI-Bench): how likely a VLM answers "Yes" to
-``Does this figure show "{prompt}"? Please answer yes or no.``, as t2v-metrics 3.0 computes it.
+"""VQAScore (Lin et al., ECCV 2024, GenAI-Bench): how likely a VLM answers "Yes" to a question about the
+prompt, as t2v-metrics 3.0 computes it. The model family follows ``model_type`` in the checkpoint's
+``config.json``; ``model=`` also takes t2v-metrics' names (:data:`MODEL_ALIASES`):
+
+* ``clip_t5`` (this module, :class:`ClipT5`): ``Does this figure show "{prompt}"? Please answer yes or no.``,
+  described below;
+* ``qwen2_vl`` / ``qwen2_5_vl`` (:mod:`prefscore.metrics.vqascore_qwen`, ``qwen2-vl-2b/7b/72b``,
+  ``qwen2.5-vl-3b/7b/32b/72b``): ``Does this image show "{prompt}"?`` in the model's chat template; the score
+  is the probability of the first token of ``Yes`` after the generation config's repetition penalty.
+
+``question`` / ``answer`` default to the family's t2v-metrics templates.
 
 Default model ``clip-flant5-xxl`` (``zhiqiulin/clip-flant5-xxl``): CLIP ViT-L/14-336 (hidden states
 of the penultimate layer, CLS dropped) -> ``mlp2x_gelu`` projector -> FlanT5-XXL encoder-decoder.
@@ -39,6 +48,7 @@ from ..backbones.clip import read_state_dict
 from ..base import Metric, check_options
 from ..errors import CheckpointError, ModelSourceError, PromptError
 from .qalign_backends import expand2square, pad_colour
+from .vqascore_qwen import QWEN_MODELS
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 ANSWER = "Yes"
@@ -56,6 +66,10 @@ CONVERSATIONS = {
     "t5_plain": IMAGE_TOKEN + "{}",
 }
 MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json"]
+#: t2v-metrics 3.0's model names accepted as ``model=``
+MODEL_ALIASES = {"clip-flant5-xxl": "zhiqiulin/clip-flant5-xxl", "clip-flant5-xl": "zhiqiulin/clip-flant5-xl",
+                 **QWEN_MODELS}
+QWEN_CLASSES = ("qwen2_vl", "qwen2_5_vl")
 TOKENIZER_FILES = ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json"]
 TOWER_FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "pytorch_model.bin"]
@@ -68,16 +82,18 @@ class VQAScoreOptions:
     """Keyword options of ``vqascore`` (``prefscore.load("vqascore", **options)``).
 
     ``question`` / ``answer``: t2v-metrics' ``question_template`` (``{}`` is the prompt) and
-    ``answer_template``. ``conversation``: CLIP-FlanT5's prompt style (``t5_chat``, the published
-    models; ``t5_chat_no_system`` and ``t5_chat_no_system_no_user`` are t2v-metrics' ablations).
+    ``answer_template``; None (default) is the model family's t2v-metrics default (CLIP-FlanT5:
+    :data:`QUESTION` / ``Yes``; Qwen2-VL and Qwen2.5-VL: ``Does this image show "{}"?`` / ``Yes``).
+    CLIP-FlanT5 only: ``conversation``: the prompt style (None = ``t5_chat``, the published models;
+    ``t5_chat_no_system`` and ``t5_chat_no_system_no_user`` are t2v-metrics' ablations).
     ``tokenizer``: source of the FlanT5 tokenizer (default: the model directory when it holds one,
     else ``google/flan-t5-xxl``). ``vision_tower``: source of the CLIP tower's config, image
     processor (and weights when the checkpoint has none); default ``mm_vision_tower`` of the config.
     """
 
-    question: str = QUESTION
-    answer: str = ANSWER
-    conversation: str = "t5_chat"
+    question: str | None = None
+    answer: str | None = None
+    conversation: str | None = None
     tokenizer: str | None = None
     vision_tower: str | None = None
 
@@ -86,11 +102,15 @@ class VQAScoreOptions:
         check_options("vqascore", options, (f.name for f in dataclasses.fields(cls)))
         opts = cls(**options)
         for name in ("question", "answer"):
-            if not isinstance(getattr(opts, name), str):
+            if getattr(opts, name) is not None and not isinstance(getattr(opts, name), str):
                 raise ValueError(f"{name} must be a string template")
-        if opts.conversation not in CONVERSATIONS:
+        if opts.conversation is not None and opts.conversation not in CONVERSATIONS:
             raise ValueError(f"unknown conversation {opts.conversation!r}; use one of {', '.join(CONVERSATIONS)}")
         return opts
+
+    def clip_t5_only(self) -> list[str]:
+        """The options given that only CLIP-FlanT5 reads."""
+        return [n for n in ("conversation", "tokenizer", "vision_tower") if getattr(self, n) is not None]
 
 
 def _read_json(path: Path) -> dict:
@@ -164,10 +184,10 @@ class ClipT5:
         if config.get("model_type") != "clip_t5" or "mm_vision_tower" not in config:
             raise CheckpointError(f"{source}: model_type {config.get('model_type')!r} is not a CLIP-FlanT5 checkpoint "
                                   "(config.json with model_type 'clip_t5' and mm_vision_tower); vqascore runs "
-                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models (other VLM families are not supported yet)")
+                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models")
         self.source = source
         self.device, self.dtype = device, dtype
-        self.template = CONVERSATIONS[options.conversation]
+        self.template = CONVERSATIONS[options.conversation or "t5_chat"]
 
         tok_source = options.tokenizer
         if tok_source is None:
@@ -242,11 +262,14 @@ class ClipT5:
         for module in (self.vision, self.projector, self.t5):
             module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.embed = self.t5.get_input_embeddings()
-        self.answer_template = options.answer
-        self.question_template = options.question
+        self.answer_template = ANSWER if options.answer is None else options.answer
+        self.question_template = QUESTION if options.question is None else options.question
         self._ids: dict[str, tuple[list[int], list[int]]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------
+    def preprocess_key(self):
+        return ("vqascore-pad-square", self.background, self.processor)
+
     def preprocess(self, image, name: str) -> torch.Tensor:
         """``convert("RGB")`` -> pad to a square with the mean colour -> CLIPImageProcessor (4.x)."""
         from ..images import to_rgb
@@ -326,8 +349,26 @@ class ClipT5:
         return nll.neg().exp().float()
 
 
+def resolve_model(source: str) -> str:
+    """t2v-metrics' model names (``clip-flant5-xxl``, ``qwen2.5-vl-7b``, ...) -> hub repositories; a local
+    directory or any other name is returned unchanged."""
+    if hub.is_local(source):
+        return source
+    return MODEL_ALIASES.get(source.lower(), source)
+
+
+def model_type(source: str) -> tuple[str | None, Path]:
+    """``(model_type of config.json, its path)`` of a model source."""
+    path = hub.find_file(source, ["config.json"], what="VQAScore model config.json")
+    return _read_json(path).get("model_type"), path
+
+
 class VQAScore(Metric):
-    """VQAScore in (0, 1): the VLM's probability of answering "Yes" (higher = the image shows the prompt)."""
+    """VQAScore in (0, 1): the VLM's probability of answering "Yes" (higher = the image shows the prompt).
+
+    The model family follows ``model_type`` in the checkpoint's ``config.json``: ``clip_t5``
+    (:class:`ClipT5`), ``qwen2_vl`` / ``qwen2_5_vl`` (:class:`~prefscore.metrics.vqascore_qwen.QwenVL`).
+    """
 
     output_names = ("score",)
     default_batch_size = 8
@@ -336,18 +377,44 @@ class VQAScore(Metric):
         super().__init__(device, dtype)
         self.spec = spec
         self.options = VQAScoreOptions.from_kwargs(**options)
-        self.model = ClipT5(DEFAULT_MODEL if source == spec.default_model else source, self.options,
-                            self.device, self.dtype)
+        source = DEFAULT_MODEL if source == spec.default_model else resolve_model(str(source))
+        kind, config_path = model_type(source)
+        if kind in QWEN_CLASSES:
+            from .vqascore_qwen import ANSWER as QWEN_ANSWER, MODEL_FILES as QWEN_FILES
+            from .vqascore_qwen import QUESTION as QWEN_QUESTION, QwenVL
+
+            if self.options.clip_t5_only():
+                raise ValueError(f"option(s) {', '.join(self.options.clip_t5_only())} apply to CLIP-FlanT5 only, not to "
+                                 f"the {kind} model {source}")
+            o = self.options
+            directory = hub.local_dir(source, QWEN_FILES, what=f"{kind} config, weights, processor and tokenizer")
+            self.model = QwenVL(directory, _read_json(config_path),
+                                QWEN_QUESTION if o.question is None else o.question,
+                                QWEN_ANSWER if o.answer is None else o.answer, self.device, self.dtype)
+        elif kind == "clip_t5":
+            self.model = ClipT5(source, self.options, self.device, self.dtype)
+        else:
+            raise CheckpointError(f"{config_path}: model_type {kind!r} is not a VQAScore model; vqascore runs "
+                                  f"t2v-metrics' CLIP-FlanT5 ('clip_t5') and Qwen2-VL / Qwen2.5-VL ('qwen2_vl', "
+                                  f"'qwen2_5_vl') checkpoints (names: {', '.join(MODEL_ALIASES)})")
 
     def preprocess(self, image, name):
         return self.model.preprocess(image, name)
 
     def preprocess_key(self):
-        return ("vqascore-pad-square", self.model.background, self.model.processor)
+        return self.model.preprocess_key()
 
-    @torch.inference_mode()
+    def preprocess_tensor(self, pixels, quantize: bool = True):
+        """Differentiable twin of :meth:`preprocess` (``score_tensor``)."""
+        hook = getattr(self.model, "preprocess_tensor", None)
+        if hook is None:
+            raise NotImplementedError(f"vqascore with {type(self.model).__name__} has no differentiable preprocessing")
+        return hook(pixels, quantize)
+
     def forward(self, pixels, prompts):
-        return self.model.scores(pixels, prompts)
+        if prompts is None:
+            raise PromptError("metric 'vqascore' scores an image against a prompt: pass prompts=")
+        return self.model.scores(pixels, prompts)  # engines call it in inference mode; score_tensor with autograd
 
     def compare(self, images, prompt: str, *, temperature: float | None = None) -> np.ndarray:
         """``softmax(logit(s_i) / tau)`` over the candidates, tau = 1 by default.
@@ -371,4 +438,4 @@ class VQAScore(Metric):
         return 1.0
 
 
-__all__ = ["ANSWER", "QUESTION", "VQAScore", "VQAScoreOptions", "ClipT5"]
+__all__ = ["ANSWER", "MODEL_ALIASES", "QUESTION", "VQAScore", "VQAScoreOptions", "ClipT5", "resolve_model"]
