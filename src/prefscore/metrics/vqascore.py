@@ -55,7 +55,7 @@ CONVERSATIONS = {
     "t5_chat_no_system_no_user": IMAGE_TOKEN + "\n{} : ",
     "t5_plain": IMAGE_TOKEN + "{}",
 }
-MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json"]
+MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json", "merges.txt", "vocab.json"]
 TOKENIZER_FILES = ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json"]
 TOWER_FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "pytorch_model.bin"]
@@ -68,15 +68,16 @@ class VQAScoreOptions:
     """Keyword options of ``vqascore`` (``prefscore.load("vqascore", **options)``).
 
     ``question`` / ``answer``: t2v-metrics' ``question_template`` (``{}`` is the prompt) and
-    ``answer_template``. ``conversation``: CLIP-FlanT5's prompt style (``t5_chat``, the published
+    ``answer_template``; default: the model family's (CLIP-FlanT5: ``QUESTION``; LLaVA-OneVision:
+    ``vqascore_llava_ov.QUESTION``). ``conversation``: CLIP-FlanT5's prompt style (``t5_chat``, the published
     models; ``t5_chat_no_system`` and ``t5_chat_no_system_no_user`` are t2v-metrics' ablations).
     ``tokenizer``: source of the FlanT5 tokenizer (default: the model directory when it holds one,
     else ``google/flan-t5-xxl``). ``vision_tower``: source of the CLIP tower's config, image
     processor (and weights when the checkpoint has none); default ``mm_vision_tower`` of the config.
     """
 
-    question: str = QUESTION
-    answer: str = ANSWER
+    question: str | None = None
+    answer: str | None = None
     conversation: str = "t5_chat"
     tokenizer: str | None = None
     vision_tower: str | None = None
@@ -86,7 +87,7 @@ class VQAScoreOptions:
         check_options("vqascore", options, (f.name for f in dataclasses.fields(cls)))
         opts = cls(**options)
         for name in ("question", "answer"):
-            if not isinstance(getattr(opts, name), str):
+            if getattr(opts, name) is not None and not isinstance(getattr(opts, name), str):
                 raise ValueError(f"{name} must be a string template")
         if opts.conversation not in CONVERSATIONS:
             raise ValueError(f"unknown conversation {opts.conversation!r}; use one of {', '.join(CONVERSATIONS)}")
@@ -164,7 +165,8 @@ class ClipT5:
         if config.get("model_type") != "clip_t5" or "mm_vision_tower" not in config:
             raise CheckpointError(f"{source}: model_type {config.get('model_type')!r} is not a CLIP-FlanT5 checkpoint "
                                   "(config.json with model_type 'clip_t5' and mm_vision_tower); vqascore runs "
-                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl models (other VLM families are not supported yet)")
+                                  "t2v-metrics' clip-flant5-xxl / clip-flant5-xl and LLaVA-OneVision (lmms-lab "
+                                  "llava-onevision-qwen2-7b-ov / -si layout) models")
         self.source = source
         self.device, self.dtype = device, dtype
         self.template = CONVERSATIONS[options.conversation]
@@ -242,8 +244,8 @@ class ClipT5:
         for module in (self.vision, self.projector, self.t5):
             module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.embed = self.t5.get_input_embeddings()
-        self.answer_template = options.answer
-        self.question_template = options.question
+        self.answer_template = ANSWER if options.answer is None else options.answer
+        self.question_template = QUESTION if options.question is None else options.question
         self._ids: dict[str, tuple[list[int], list[int]]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -252,6 +254,9 @@ class ClipT5:
         from ..images import to_rgb
 
         return preprocess.hf_clip(expand2square(to_rgb(image, name), self.background), self.processor, name=name)
+
+    def preprocess_key(self) -> tuple:
+        return ("vqascore-pad-square", self.background, self.processor)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
         """Encoder ids before and after the image (``t5_tokenizer_image_token``, cut at 2048 in all)."""
@@ -336,14 +341,21 @@ class VQAScore(Metric):
         super().__init__(device, dtype)
         self.spec = spec
         self.options = VQAScoreOptions.from_kwargs(**options)
-        self.model = ClipT5(DEFAULT_MODEL if source == spec.default_model else source, self.options,
-                            self.device, self.dtype)
+        from .vqascore_llava_ov import MODELS, LlavaOneVision, is_llava_ov_config
+
+        source = DEFAULT_MODEL if source == spec.default_model else MODELS.get(source, source)
+        directory = hub.local_dir(source, MODEL_FILES, what="VQAScore model config and weights")
+        config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+        if is_llava_ov_config(config):
+            self.model = LlavaOneVision(source, config, directory, self.options, self.device, self.dtype)
+        else:
+            self.model = ClipT5(source, self.options, self.device, self.dtype)
 
     def preprocess(self, image, name):
         return self.model.preprocess(image, name)
 
     def preprocess_key(self):
-        return ("vqascore-pad-square", self.model.background, self.model.processor)
+        return self.model.preprocess_key()
 
     @torch.inference_mode()
     def forward(self, pixels, prompts):
