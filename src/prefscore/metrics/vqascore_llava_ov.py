@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -137,7 +138,9 @@ class LlavaOneVision:
         tok_dir = hub.local_dir(tok_source, ["tokenizer*.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                                              "added_tokens.json"], what="Qwen2 tokenizer")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+            with warnings.catch_warnings():  # AutoTokenizer reads config.json; its rope_scaling: null is harmless
+                warnings.filterwarnings("ignore", message=".*rope_scaling.*", category=FutureWarning)
+                self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{tok_source}: cannot load the Qwen2 tokenizer: {exc}") from None
         self.n_tokens = len(self.tokenizer)
@@ -233,28 +236,29 @@ class LlavaOneVision:
         return ids[0]
 
     # -- model -------------------------------------------------------------------------------------
-    def image_features(self, tiles: torch.Tensor) -> torch.Tensor:
-        """One image's tiles ``(T, 3, 384, 384)`` -> its token features, as t2v-metrics' video path builds them."""
-        out = self.vision(pixel_values=tiles.to(self.device, self.dtype), output_hidden_states=True)
-        feats = self.projector(out.hidden_states[-1])  # (T, 729, D), pre post-layernorm
-        t, _, d = feats.shape
-        grid = feats.view(t, GRID, GRID, d).permute(0, 3, 1, 2)
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Tiles ``(B, T, 3, 384, 384)`` -> token features ``(B, N, D)``, as t2v-metrics' video path builds them."""
+        b, t = pixels.shape[:2]
+        out = self.vision(pixel_values=pixels.flatten(0, 1).to(self.device, self.dtype), output_hidden_states=True)
+        feats = self.projector(out.hidden_states[-1])  # (B*T, 729, D), pre post-layernorm
+        d = feats.shape[-1]
+        grid = feats.view(b * t, GRID, GRID, d).permute(0, 3, 1, 2)
         if self.pool_mode == "bilinear":
             grid = torch.nn.functional.interpolate(grid, size=[math.ceil(GRID / 2)] * 2, mode="bilinear")
         elif self.pool_mode == "average":
             grid = torch.nn.functional.avg_pool2d(grid, 2)
         else:
             grid = torch.nn.functional.max_pool2d(grid, 2)
-        feats = grid.permute(0, 2, 3, 1).reshape(-1, d)
+        feats = grid.permute(0, 2, 3, 1).reshape(b, -1, d)
         if self.merge.startswith("spatial") and self.newline == "one_token" and "unpad" in self.merge:
-            feats = torch.cat([feats, self.image_newline[None]])
+            feats = torch.cat([feats, self.image_newline.expand(b, 1, d)], dim=1)
         return feats
 
     def scores(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """P(answer's first token | image, question) for each row, float32 ``(B,)``."""
         rows, answers = [], []
-        for b, prompt in enumerate(prompts):
-            feats = self.image_features(pixels[b])
+        features = self.image_features(pixels)
+        for feats, prompt in zip(features, prompts):
             parts = []
             for k, ids in enumerate(self.prompt_ids(prompt)):
                 if k:

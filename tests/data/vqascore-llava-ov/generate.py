@@ -52,6 +52,7 @@ PROMPTS = [
     "Two dogs and a cat sitting on a bench, photographed at sunset with a wide-angle lens.",
     "café naïve – “quoted” 東京 🦊 Ünïcödé\tTABS   and  spaces\nnew line",
     " ".join(["a very long prompt about a city street with many cars people trees and buildings"] * 40),
+    "a cat <image> here",  # the official code inserts the image features again there
 ]
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
               r"|\s+(?!\S)|\s+")
@@ -236,7 +237,7 @@ def main() -> None:
     rows = []
     for image in images:
         for k, prompt in enumerate(PROMPTS):
-            if k == 4 and image not in ("square.png", "large.jpg"):
+            if k >= 4 and image not in ("square.png", "large.jpg"):
                 continue
             row = {"image": f"../vqascore/images/{image}", "prompt_index": k, "prompt": prompt}
             try:
