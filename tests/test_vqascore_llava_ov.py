@@ -145,3 +145,74 @@ def test_missing_weights_name_the_tensor(tmp_path):
     save_file(state, str(model / shard), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="projector weights lack 0.weight"):
         prefscore.load("vqascore", model=str(model), vision_tower=str(TOWER))
+
+
+def llava_hf_copy(tmp_path: Path, new_names: bool) -> Path:
+    """The tiny lmms-lab checkpoint as transformers' convert_llava_onevision_weights_to_hf.py writes it: keys renamed,
+    "<image>"/"<video>" added to the tokenizer, embeddings padded with random rows, a llava_onevision config
+    (``new_names``: the key names transformers >= 4.52 saves)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AddedToken, AutoTokenizer
+
+    out = tmp_path / ("hf-new" if new_names else "hf-old")
+    out.mkdir()
+    config = json.loads((MODEL / "config.json").read_text())
+    state = {}
+    for shard in sorted(MODEL.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    gen = torch.Generator().manual_seed(0)
+    pad = 64 * math.ceil((config["vocab_size"] + 2) / 64)
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        extra = torch.randn(pad - config["vocab_size"], state[key].shape[1], generator=gen)
+        state[key] = torch.cat([state[key], extra])
+    lm = "model.language_model." if new_names else "language_model.model."
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("model.vision_tower.vision_tower."):
+            key = ("model." if new_names else "") + key[len("model.vision_tower."):]
+        elif key.startswith("model.mm_projector."):
+            key = ("model." if new_names else "") + "multi_modal_projector." + {"0": "linear_1", "2": "linear_2"}[
+                key.split(".")[2]] + "." + key.split(".")[3]
+        elif key == "model.image_newline":
+            key = "model.image_newline" if new_names else "image_newline"
+        elif key == "lm_head.weight":
+            key = "lm_head.weight" if new_names else "language_model.lm_head.weight"
+        else:
+            key = lm + key[len("model."):]
+        renamed[key] = value
+    save_file(renamed, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tok = AutoTokenizer.from_pretrained(str(MODEL))
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<image>", "<video>")], special_tokens=True)
+    tok.save_pretrained(str(out))
+    tower = json.loads((TOWER / "config.json").read_text())
+    text_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "rms_norm_eps", "rope_theta", "max_position_embeddings", "hidden_act", "tie_word_embeddings")
+    hf_config = {
+        "model_type": "llava_onevision", "architectures": ["LlavaOnevisionForConditionalGeneration"],
+        "image_token_index": len(tok) - 2, "video_token_index": len(tok) - 1,
+        "image_grid_pinpoints": config["image_grid_pinpoints"], "vision_aspect_ratio": "anyres_max_9",
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "full", "projector_hidden_act": "gelu",
+        "use_image_newline_parameter": True,
+        "text_config": {"model_type": "qwen2", "vocab_size": pad, **{k: config[k] for k in text_keys}},
+        "vision_config": {"model_type": "siglip_vision_model", "vision_use_head": False,
+                          **{k: tower[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "image_size",
+                                                   "patch_size", "hidden_act", "layer_norm_eps")},
+                          "num_hidden_layers": tower["num_hidden_layers"] - 1},
+    }
+    (out / "config.json").write_text(json.dumps(hf_config))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:.*rope_scaling:FutureWarning")  # AutoTokenizer reading the lmms-lab config
+@pytest.mark.parametrize("new_names", [False, True])
+def test_llava_hf_layout_gives_the_same_scores(tmp_path, new_names):
+    import torch
+
+    torch.set_num_threads(1)
+    hf = prefscore.load("vqascore", model=str(llava_hf_copy(tmp_path, new_names)))
+    assert hf.model.n_tokens == SET["tokenizer_ids"]  # "<image>" / "<video>" left out of the softmax, as lmms-lab
+    cases = [c for c in CASES if c["score"] is not None and c["prompt_index"] in (0, 3)][:6]
+    values = hf.score([str(DATA / c["image"]) for c in cases], [c["prompt"] for c in cases])
+    for case, value in zip(cases, values):
+        assert abs(value - case["score"]) <= tol(case["score"]), (case["image"], value, case["score"])

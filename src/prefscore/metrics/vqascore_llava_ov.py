@@ -61,8 +61,46 @@ PROJECTOR_PREFIX = "model.mm_projector."
 
 
 def is_llava_ov_config(config: dict) -> bool:
-    """An ``lmms-lab`` LLaVA-OneVision (LLaVA-NeXT ``llava_qwen``) config."""
+    """An ``lmms-lab`` LLaVA-OneVision (LLaVA-NeXT ``llava_qwen``) or ``llava-hf`` (``llava_onevision``) config."""
+    if config.get("model_type") == "llava_onevision":
+        return True
     return config.get("model_type") in ("llava", "llava_qwen") and "LlavaQwenForCausalLM" in (config.get("architectures") or [])
+
+
+#: what the lmms-lab ``config.json`` of the published models says and the llava-hf conversion drops
+PUBLISHED_OV = {"mm_patch_merge_type": "spatial_unpad", "mm_newline_position": "one_token",
+                "mm_spatial_pool_mode": "bilinear", "mm_projector_type": "mlp2x_gelu",
+                "tokenizer_model_max_length": 32768}
+HF_ADDED_TOKENS = ("<image>", "<video>")  # added by the llava-hf conversion after Qwen2's ids
+
+
+def from_hf_layout(config: dict, state: dict[str, torch.Tensor], source: str) -> tuple[dict, dict, dict]:
+    """A ``llava-hf/llava-onevision-qwen2-*-hf`` checkpoint (transformers' conversion of the lmms-lab one: the
+    same tensors under other names, the tower already without its last layer) as ``(lmms-lab style config,
+    SigLIP config, lmms-lab state)``."""
+    if config.get("vision_feature_layer", -1) != -1 or config.get("vision_feature_select_strategy", "full") != "full":
+        raise CheckpointError(f"{source}: only vision_feature_layer -1 with strategy 'full' matches the lmms-lab model")
+    text, vision = dict(config.get("text_config") or {}), dict(config.get("vision_config") or {})
+    if not text or not vision:
+        raise CheckpointError(f"{source}: a llava_onevision config.json needs text_config and vision_config")
+    lmms = {**text, **PUBLISHED_OV, "image_aspect_ratio": config.get("vision_aspect_ratio", "anyres_max_9"),
+            "image_grid_pinpoints": config.get("image_grid_pinpoints"), "mm_hidden_size": vision.get("hidden_size")}
+    renames = [("model.vision_tower.", TOWER_PREFIX), ("vision_tower.", TOWER_PREFIX),
+               ("model.multi_modal_projector.linear_1.", PROJECTOR_PREFIX + "0."),
+               ("model.multi_modal_projector.linear_2.", PROJECTOR_PREFIX + "2."),
+               ("multi_modal_projector.linear_1.", PROJECTOR_PREFIX + "0."),
+               ("multi_modal_projector.linear_2.", PROJECTOR_PREFIX + "2."),
+               ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+               ("model.language_model.", "model."), ("image_newline", "model.image_newline"),
+               ("model.image_newline", "model.image_newline")]
+    out = {}
+    for key, value in state.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return lmms, vision, out
 
 
 def select_best_resolution(size: tuple[int, int], resolutions) -> tuple[int, int]:
@@ -115,6 +153,10 @@ class LlavaOneVision:
         from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
         self.source, self.device, self.dtype = source, device, dtype
+        state = read_sharded(directory)
+        hf_layout = config.get("model_type") == "llava_onevision"
+        if hf_layout:
+            config, tower_config, state = from_hf_layout(config, state, source)
         aspect = str(config.get("image_aspect_ratio", ""))
         if not (aspect == "anyres" or "anyres_max" in aspect):
             raise CheckpointError(f"{source}: image_aspect_ratio {aspect!r} is not supported (the published "
@@ -143,13 +185,16 @@ class LlavaOneVision:
                 self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"{tok_source}: cannot load the Qwen2 tokenizer: {exc}") from None
-        self.n_tokens = len(self.tokenizer)
+        # the official loader resizes the embeddings to the lmms-lab tokenizer (Qwen2's ids)
+        self.n_tokens = len(self.tokenizer) - (sum(t in self.tokenizer.get_vocab() for t in HF_ADDED_TOKENS) if hf_layout else 0)
 
-        state = read_sharded(directory)
-        tower_source = options.vision_tower or str(config.get("mm_vision_tower", ""))
-        tower_dir = hub.local_dir(tower_source, TOWER_FILES, what="SigLIP vision tower config")
-        tower_config = _read_json(tower_dir / "config.json")
-        tower_config = tower_config.get("vision_config", tower_config) if tower_config.get("model_type") == "siglip" else tower_config
+        tower_source, tower_dir = source, None
+        if not hf_layout:
+            tower_source = options.vision_tower or str(config.get("mm_vision_tower", ""))
+            tower_dir = hub.local_dir(tower_source, TOWER_FILES, what="SigLIP vision tower config")
+            tower_config = _read_json(tower_dir / "config.json")
+            if tower_config.get("model_type") == "siglip":
+                tower_config = tower_config.get("vision_config", tower_config)
         fields = {k: tower_config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                                "image_size", "patch_size", "hidden_act", "layer_norm_eps",
                                                "num_channels") if k in tower_config}
@@ -157,11 +202,12 @@ class LlavaOneVision:
         if (vision_config.image_size // vision_config.patch_size) != GRID:
             raise CheckpointError(f"{tower_source}: LLaVA-NeXT's SigLIP tower needs 729 patches per 384² tile "
                                   f"(image_size {vision_config.image_size}, patch_size {vision_config.patch_size})")
-        vision_config.num_hidden_layers -= 1  # the official tower drops its last layer
+        if not hf_layout:
+            vision_config.num_hidden_layers -= 1  # the official tower drops its last layer (llava-hf: already)
         vision_config.vision_use_head = False
         self.vision = SiglipVisionModel(vision_config)
         tower_state = {k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
-        if not tower_state:
+        if not tower_state and tower_dir is not None:
             tower_state = {k: v for k, v in read_sharded(tower_dir).items() if k.startswith("vision_model.")}
         if not tower_state:
             raise ModelSourceError(f"{source}: no SigLIP weights in the checkpoint nor in {tower_source}")
