@@ -26,7 +26,8 @@ The official loader runs the model in float16; ``dtype="float32"`` (default) is 
 float32. Weights come from the ``lmms-lab`` layout (``model.vision_tower.vision_tower.vision_model.*``,
 ``model.mm_projector.*``, ``model.image_newline``, ``model.layers.*``, ``lm_head``), the SigLIP tower's
 architecture from ``mm_vision_tower`` (``google/siglip-so400m-patch14-384``) and the Qwen2 tokenizer from
-the model directory.
+the model directory. The ``llava-hf/llava-onevision-qwen2-*-hf`` layout (transformers' conversion of the same
+weights) is read as well: its keys are mapped back and the lmms-lab ``mm_*`` settings of the published models used.
 """
 
 from __future__ import annotations
