@@ -296,12 +296,12 @@ def _builtin() -> None:
     ))
     register(MetricSpec(
         name="vqascore", family="vqascore", aliases=("vqa-score", "clip-flant5", "t2v-vqascore"),
-        summary='VQAScore: a VLM\'s probability of answering "Yes" to "Does this figure show \\"{prompt}\\"? Please answer yes or no." (CLIP-FlanT5) or "Does this image show \\"{prompt}\\"?" (Qwen2-VL / Qwen2.5-VL)',
+        summary='VQAScore: a VLM\'s probability of answering "Yes" to "Does this figure show \\"{prompt}\\"? Please answer yes or no." (CLIP-FlanT5) or "Does this image show \\"{prompt}\\"?" (Qwen2-VL / Qwen2.5-VL; LLaVA-OneVision adds " Answer the question with Yes or No")',
         inputs="image+prompt", output_range=(0.0, 1.0), typical="0-1; about 0.3-0.9 on real generations (CLIP-FlanT5-XXL)",
-        higher_is_better=True, default_model="zhiqiulin/clip-flant5-xxl (+ openai/clip-vit-large-patch14-336 processor); or model=qwen2-vl-2b/7b/72b, qwen2.5-vl-3b/7b/32b/72b (Qwen/Qwen2(.5)-VL-*-Instruct)",
-        weights_license="Apache-2.0 (CLIP-FlanT5; FlanT5: Apache-2.0, CLIP: MIT); Qwen2(.5)-VL: Apache-2.0 for most sizes, Qwen licences for Qwen2.5-VL-3B and the 72B models (see each model card)",
+        higher_is_better=True, default_model="zhiqiulin/clip-flant5-xxl (+ openai/clip-vit-large-patch14-336 processor); or model=qwen2-vl-2b/7b/72b, qwen2.5-vl-3b/7b/32b/72b (Qwen/Qwen2(.5)-VL-*-Instruct), llava-onevision-qwen2-7b-ov/-si (lmms-lab)",
+        weights_license="Apache-2.0 (CLIP-FlanT5; FlanT5: Apache-2.0, CLIP: MIT); Qwen2(.5)-VL: Apache-2.0 for most sizes, Qwen licences for Qwen2.5-VL-3B and the 72B models (see each model card); LLaVA-OneVision (lmms-lab): Apache-2.0",
         strength="best agreement with humans on compositional prompt alignment (GenAI-Bench, Winoground, TIFA)",
-        caveat="alignment only, not quality; large models (CLIP-FlanT5-XXL 11B, ~22 GB in bfloat16; Qwen 2B-72B)",
+        caveat="alignment only, not quality; large models (CLIP-FlanT5-XXL 11B, ~22 GB in bfloat16; Qwen 2B-72B; LLaVA-OneVision 8B)",
         entry="prefscore.metrics.vqascore:VQAScore", paper="Lin et al. 2024, Evaluating Text-to-Visual Generation with Image-to-Text Generation (ECCV)",
         options=None,
     ))

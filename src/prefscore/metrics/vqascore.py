@@ -65,10 +65,13 @@ CONVERSATIONS = {
     "t5_chat_no_system_no_user": IMAGE_TOKEN + "\n{} : ",
     "t5_plain": IMAGE_TOKEN + "{}",
 }
-MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json"]
+MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json", "merges.txt", "vocab.json"]
 #: t2v-metrics 3.0's model names accepted as ``model=``
+#: t2v-metrics' LLaVA-OneVision names -> hub repositories (lmms-lab layout)
+LLAVA_OV_MODELS = {"llava-onevision-qwen2-7b-ov": "lmms-lab/llava-onevision-qwen2-7b-ov",
+                   "llava-onevision-qwen2-7b-si": "lmms-lab/llava-onevision-qwen2-7b-si"}
 MODEL_ALIASES = {"clip-flant5-xxl": "zhiqiulin/clip-flant5-xxl", "clip-flant5-xl": "zhiqiulin/clip-flant5-xl",
-                 **QWEN_MODELS}
+                 **QWEN_MODELS, **LLAVA_OV_MODELS}
 QWEN_CLASSES = ("qwen2_vl", "qwen2_5_vl")
 TOKENIZER_FILES = ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json"]
@@ -83,7 +86,8 @@ class VQAScoreOptions:
 
     ``question`` / ``answer``: t2v-metrics' ``question_template`` (``{}`` is the prompt) and
     ``answer_template``; None (default) is the model family's t2v-metrics default (CLIP-FlanT5:
-    :data:`QUESTION` / ``Yes``; Qwen2-VL and Qwen2.5-VL: ``Does this image show "{}"?`` / ``Yes``).
+    :data:`QUESTION` / ``Yes``; Qwen2-VL and Qwen2.5-VL: ``Does this image show "{}"?`` / ``Yes``; LLaVA-OneVision:
+    ``Does this image show "{}"? Answer the question with Yes or No`` / ``Yes``).
     CLIP-FlanT5 only: ``conversation``: the prompt style (None = ``t5_chat``, the published models;
     ``t5_chat_no_system`` and ``t5_chat_no_system_no_user`` are t2v-metrics' ablations).
     ``tokenizer``: source of the FlanT5 tokenizer (default: the model directory when it holds one,
@@ -276,6 +280,9 @@ class ClipT5:
 
         return preprocess.hf_clip(expand2square(to_rgb(image, name), self.background), self.processor, name=name)
 
+    def preprocess_key(self) -> tuple:
+        return ("vqascore-pad-square", self.background, self.processor)
+
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
         """Encoder ids before and after the image (``t5_tokenizer_image_token``, cut at 2048 in all)."""
         if prompt not in self._ids:
@@ -367,7 +374,9 @@ class VQAScore(Metric):
     """VQAScore in (0, 1): the VLM's probability of answering "Yes" (higher = the image shows the prompt).
 
     The model family follows ``model_type`` in the checkpoint's ``config.json``: ``clip_t5``
-    (:class:`ClipT5`), ``qwen2_vl`` / ``qwen2_5_vl`` (:class:`~prefscore.metrics.vqascore_qwen.QwenVL`).
+    (:class:`ClipT5`), ``qwen2_vl`` / ``qwen2_5_vl`` (:class:`~prefscore.metrics.vqascore_qwen.QwenVL`),
+    ``llava`` with ``LlavaQwenForCausalLM`` / ``llava_onevision``
+    (:class:`~prefscore.metrics.vqascore_llava_ov.LlavaOneVision`).
     """
 
     output_names = ("score",)
@@ -391,12 +400,24 @@ class VQAScore(Metric):
             self.model = QwenVL(directory, _read_json(config_path),
                                 QWEN_QUESTION if o.question is None else o.question,
                                 QWEN_ANSWER if o.answer is None else o.answer, self.device, self.dtype)
+        elif kind in ("llava", "llava_qwen", "llava_onevision"):
+            from .vqascore_llava_ov import LlavaOneVision, is_llava_ov_config
+
+            config = _read_json(config_path)
+            if not is_llava_ov_config(config):
+                raise CheckpointError(f"{config_path}: a {kind!r} model that is not LLaVA-OneVision (architectures "
+                                      f"{config.get('architectures')}); vqascore runs the lmms-lab LlavaQwenForCausalLM "
+                                      "and llava-hf llava_onevision layouts")
+            if self.options.conversation is not None:
+                raise ValueError(f"option conversation applies to CLIP-FlanT5 only, not to the LLaVA-OneVision model {source}")
+            directory = hub.local_dir(source, MODEL_FILES, what="LLaVA-OneVision config, weights and tokenizer")
+            self.model = LlavaOneVision(source, config, directory, self.options, self.device, self.dtype)
         elif kind == "clip_t5":
             self.model = ClipT5(source, self.options, self.device, self.dtype)
         else:
             raise CheckpointError(f"{config_path}: model_type {kind!r} is not a VQAScore model; vqascore runs "
-                                  f"t2v-metrics' CLIP-FlanT5 ('clip_t5') and Qwen2-VL / Qwen2.5-VL ('qwen2_vl', "
-                                  f"'qwen2_5_vl') checkpoints (names: {', '.join(MODEL_ALIASES)})")
+                                  f"t2v-metrics' CLIP-FlanT5 ('clip_t5'), Qwen2-VL / Qwen2.5-VL ('qwen2_vl', "
+                                  f"'qwen2_5_vl') and LLaVA-OneVision ('llava' LlavaQwenForCausalLM, 'llava_onevision') checkpoints (names: {', '.join(MODEL_ALIASES)})")
 
     def preprocess(self, image, name):
         return self.model.preprocess(image, name)
