@@ -26,14 +26,17 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.mark.parametrize("mode,resample", [("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)])
 def test_pil_resize_equals_pillow(mode, resample):
-    """The fixed-point two-pass resize gives Pillow's 8-bit output exactly, including the sizes where
-    the installed Pillow runs the vertical pass first (a tall image shrinking mostly in height)."""
+    """The fixed-point two-pass resize gives the 8-bit output of prefscore's Pillow path exactly
+    (Pillow's classic horizontal-then-vertical order, :func:`prefscore.preprocess.resize`), including
+    tall images shrinking mostly in height, where Pillow 13 alone would run the vertical pass first."""
+    from prefscore.preprocess import resize
+
     rng = np.random.default_rng(0)
     sizes = [(300, 500, 224, 373), (37, 23, 364, 224), (911, 262, 778, 224), (4000, 30, 2000, 224),
-             (137, 113, 91, 3), (60, 100, 120, 50), (224, 300, 224, 224)]
+             (137, 113, 91, 3), (60, 100, 120, 50), (224, 300, 224, 224), (80, 40, 20, 36)]
     for h, w, nh, nw in sizes:
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        ref = np.asarray(Image.fromarray(a).resize((nw, nh), resample, reducing_gap=None)).astype(np.float64)
+        ref = np.asarray(resize(Image.fromarray(a), (nw, nh), resample, reducing_gap=None)).astype(np.float64)
         x = torch.from_numpy(a).permute(2, 0, 1)[None].double()
         got = D.pil_resize(x, nh, nw, mode)[0].permute(1, 2, 0).numpy()
         assert np.array_equal(got, ref), (h, w, nh, nw, np.abs(got - ref).max())

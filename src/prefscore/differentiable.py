@@ -129,39 +129,11 @@ def _pass_fixed(levels: torch.Tensor, matrix: np.ndarray, axis: int) -> torch.Te
     return out if device == levels.device else out.to(levels.device, torch.float32)
 
 
-@lru_cache(maxsize=256)
-def pillow_pass_order(h: int, w: int, height: int, width: int, mode: str = "bicubic") -> str:
-    """``"hv"`` or ``"vh"``: the pass order the installed Pillow uses for this resize.
-
-    Pillow up to 12 always resizes horizontally first; Pillow 13 runs the vertical pass first
-    when the height shrinks much more than the width (python-pillow/Pillow#9549), by a rule that
-    depends only on the sizes. The order changes the 8-bit result, so it is read off Pillow once
-    per size: an ``h x w`` noise image is resized by Pillow and compared with both orders here.
-    """
-    from PIL import Image
-
-    if h == height or w == width:
-        return "hv"
-    noise = np.random.default_rng(0).integers(0, 256, size=(h, w), dtype=np.uint8)
-    resample = Image.BICUBIC if mode == "bicubic" else Image.BILINEAR
-    reference = np.asarray(Image.fromarray(noise).resize((width, height), resample, reducing_gap=None))
-    x = torch.from_numpy(noise).to(torch.float64)[None, None]
-    horizontal, vertical = pil_coefficients(w, width, mode), pil_coefficients(h, height, mode)
-    with torch.no_grad():
-        hv = _pass_fixed(_pass_fixed(x, horizontal, -1), vertical, -2)[0, 0].numpy()
-    if np.array_equal(hv, reference):
-        return "hv"
-    with torch.no_grad():
-        vh = _pass_fixed(_pass_fixed(x, vertical, -2), horizontal, -1)[0, 0].numpy()
-    return "vh" if np.array_equal(vh, reference) else "hv"
-
-
 def pil_resize(levels: torch.Tensor, height: int, width: int, mode: str = "bicubic", quantize: bool = True) -> torch.Tensor:
     """Pillow's 8-bit ``Image.resize`` (``reducing_gap=None``) on 0..255 values ``(B, C, H, W)``.
 
-    Two separable passes (horizontal first, or vertical first where the installed Pillow does so:
-    :func:`pillow_pass_order`), each clipped to 0..255; a pass whose size does not change is
-    skipped, as Pillow does. With ``quantize`` each pass uses Pillow's fixed-point weights and
+    Two separable passes, horizontal first as Pillow up to 12 and :func:`prefscore.preprocess.resize`
+    on any Pillow, each clipped to 0..255; a pass whose size does not change is skipped, as Pillow does. With ``quantize`` each pass uses Pillow's fixed-point weights and
     rounding (straight-through), which reproduces Pillow's output values exactly; without it each
     pass is ``interpolate(..., antialias=True)`` (the same filters in float, no rounding).
     Returns float64 with ``quantize``, else ``levels``' dtype.
@@ -171,12 +143,10 @@ def pil_resize(levels: torch.Tensor, height: int, width: int, mode: str = "bicub
         raise ValueError(f"resize mode must be 'bicubic' or 'bilinear', not {mode!r}")
     x = levels
     if quantize:
-        passes = [(-1, pil_coefficients(w, width, mode))] if w != width else []
+        if w != width:
+            x = _pass_fixed(x, pil_coefficients(w, width, mode), -1)
         if h != height:
-            vertical = (-2, pil_coefficients(h, height, mode))
-            passes.insert(0 if pillow_pass_order(h, w, height, width, mode) == "vh" else len(passes), vertical)
-        for axis, matrix in passes:
-            x = _pass_fixed(x, matrix, axis)
+            x = _pass_fixed(x, pil_coefficients(h, height, mode), -2)
         return x
     if w != width:
         x = F.interpolate(x, size=(h, width), mode=mode, align_corners=False, antialias=True).clamp(0.0, 255.0)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import CheckpointError, ModelSourceError
 from ..images import to_rgb
-from ..preprocess import OPENAI_MEAN, OPENAI_STD, _resize
+from ..preprocess import OPENAI_MEAN, OPENAI_STD, resize
 
 IMAGE_TOKEN = "<|image_pad|>"
 IMAGE_FACTOR = 28
@@ -112,9 +112,9 @@ def qwen_pixels(image: Image.Image, settings: QwenVisionSettings, first: tuple[i
     rgb = to_rgb(image, name)
     w, h = rgb.size
     rh, rw = smart_resize(h, w, IMAGE_FACTOR, *first)
-    rgb = _resize(rgb, (rw, rh), Image.BICUBIC, name)
+    rgb = resize(rgb, (rw, rh), Image.BICUBIC, name)
     fh, fw = smart_resize(rh, rw, IMAGE_FACTOR, settings.min_pixels, settings.max_pixels)
-    rgb = _resize(rgb, (fw, fh), settings.resample, name)
+    rgb = resize(rgb, (fw, fh), settings.resample, name)
     array = (np.asarray(rgb, dtype=np.uint8).astype(np.float64) * settings.rescale).astype(np.float32)
     array = (array - np.asarray(settings.mean, dtype=np.float32)) / np.asarray(settings.std, dtype=np.float32)
     return settings.patchify(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))

@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from .. import hub
+from ..preprocess import resize
 from ..errors import CheckpointError, ModelSourceError
 from .vqascore import _load_into, _read_json, build_projector, read_sharded
 
@@ -114,7 +115,7 @@ def select_best_resolution(size: tuple[int, int], resolutions) -> tuple[int, int
     return best
 
 
-def resize_and_pad(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+def resize_and_pad(image: Image.Image, target: tuple[int, int], name: str = "<image>") -> Image.Image:
     """Fit ``image`` into ``target`` (bicubic, aspect kept, ceil), centred on black."""
     w0, h0 = image.size
     tw, th = target
@@ -123,7 +124,7 @@ def resize_and_pad(image: Image.Image, target: tuple[int, int]) -> Image.Image:
     else:
         nw, nh = min(math.ceil(w0 * th / h0), tw), th
     canvas = Image.new("RGB", (tw, th), (0, 0, 0))
-    canvas.paste(image.resize((nw, nh), Image.BICUBIC), ((tw - nw) // 2, (th - nh) // 2))
+    canvas.paste(resize(image, (nw, nh), Image.BICUBIC, name), ((tw - nw) // 2, (th - nh) // 2))
     return canvas
 
 
@@ -255,8 +256,8 @@ class LlavaOneVision:
 
         image = to_rgb(image, name)
         best = select_best_resolution(image.size, self.pinpoints)
-        padded = resize_and_pad(image, best)
-        tiles = [image.resize((TILE, TILE), Image.BICUBIC)]
+        padded = resize_and_pad(image, best, name)
+        tiles = [resize(image, (TILE, TILE), Image.BICUBIC, name)]
         tiles += [padded.crop((x, y, x + TILE, y + TILE)) for y in range(0, padded.height, TILE)
                   for x in range(0, padded.width, TILE)]
         return torch.from_numpy(np.stack([siglip_pixels(t) for t in tiles]))
