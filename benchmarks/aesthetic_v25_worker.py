@@ -5,7 +5,9 @@
 ``ours``: ``prefscore.load("laion-aesthetic-v2.5")`` in prefscore's environment. The driver sends one JSON
 request per line on stdin and waits for the JSON answer on stdout, so the two sides never compute at once.
 
-usage: python aesthetic_v25_worker.py official|ours <model_dir>
+``ours-before``: prefscore as before its CPU memory fixes (run with ``PREFSCORE_MALLOC_TUNING=0``).
+
+usage: python aesthetic_v25_worker.py official|ours|ours-before <model_dir>
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def load(side: str, model_dir: str):
     from prefscore.images import load_image
 
     metric = prefscore.load("laion-aesthetic-v2.5", model=model_dir)
+    if side == "ours-before":  # as before the CPU memory fixes: the whole batch in one tower call
+        metric.siglip.cpu_chunk_bytes = 1 << 62  # (and PREFSCORE_MALLOC_TUNING=0, set by the driver)
 
     def preprocess(path):
         return metric.preprocess(load_image(path, str(path)), str(path))[None]

@@ -11,14 +11,14 @@ asks both sides, in alternating order, for the same measurements, one side at a 
 * ``e2e``: files in, scores out (the package's README loop vs ``metric.score``, default batch size;
   ``e2e batch 1``: ``metric.score(..., batch_size=1)``, the official side unchanged).
 
-``--unsettled`` adds a third worker, prefscore with ``PREFSCORE_MALLOC_TUNING=0`` (glibc's malloc
-thresholds as transformers 5's loading leaves them, see ``prefscore.memory``): before / after the fix
-in one run.
+``--before`` adds a third worker, prefscore as before its CPU memory fixes: glibc's malloc thresholds
+as transformers 5's loading leaves them (``PREFSCORE_MALLOC_TUNING=0``, see ``prefscore.memory``) and
+the whole batch in one tower call (``SiglipTower.cpu_chunk_bytes``): before / after in one run.
 
 The ratio official / prefscore (>1: prefscore faster) is taken per round and reported as the median
 over rounds, with its range. ``--profile`` also prints each side's top operators for one forward.
 
-usage: python benchmarks/bench_aesthetic_v25.py [--rounds 5] [--n 3] [--batches 1 3] [--unsettled] [--profile]
+usage: python benchmarks/bench_aesthetic_v25.py [--rounds 5] [--n 3] [--batches 1 3] [--before] [--e2e-batch1] [--profile]
                                                [--official-python /work/venvs/aes25/bin/python] [--json FILE]
 """
 
@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="*", default=[1], help="forward batch sizes")
     ap.add_argument("--reps", type=int, default=1, help="forwards per batch size per round (the median is kept)")
     ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--unsettled", action="store_true",
-                    help="also run prefscore with PREFSCORE_MALLOC_TUNING=0 (glibc thresholds left as loaded)")
+    ap.add_argument("--e2e-batch1", action="store_true", help="also e2e with metric.score(..., batch_size=1)")
+    ap.add_argument("--before", action="store_true",
+                    help="also run prefscore as before its CPU memory fixes (ours-before)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -81,15 +82,16 @@ def main() -> None:
     images = [str(p) for p in common.make_images(args.n)]
     sides = {"official": Worker(args.official_python, "official", model_dir),
              "ours": Worker(args.ours_python, "ours", model_dir)}
-    if args.unsettled:
-        sides["ours-unsettled"] = Worker(args.ours_python, "ours", model_dir, {"PREFSCORE_MALLOC_TUNING": "0"})
+    if args.before:
+        sides["ours-before"] = Worker(args.ours_python, "ours-before", model_dir, {"PREFSCORE_MALLOC_TUNING": "0"})
     for name, w in sides.items():
         print(name, w.info, flush=True)
     ops = [("preprocess", {"op": "preprocess", "images": images}, len(images))]
     ops += [(f"forward B={b}", {"op": "forward", "image": images[0], "batch": b, "reps": args.reps}, b) for b in args.batches]
     if not args.no_e2e:
         ops.append(("e2e", {"op": "e2e", "images": images}, len(images)))
-        ops.append(("e2e batch 1", {"op": "e2e", "images": images, "batch_size": 1}, len(images)))
+        if args.e2e_batch1:
+            ops.append(("e2e batch 1", {"op": "e2e", "images": images, "batch_size": 1}, len(images)))
     per_image = {name: {s: [] for s in sides} for name, _, _ in ops}
     faults = {name: {s: [] for s in sides} for name, _, _ in ops}
     scores = {}
