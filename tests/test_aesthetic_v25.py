@@ -96,6 +96,27 @@ def test_batched_and_single_scores_agree_and_the_score_is_affine_in_the_normalis
         assert abs(float(f @ w.T + b) - batched[0]) < 1e-4
 
 
+def test_cpu_tower_calls_are_capped_by_activation_size(metric):
+    """On the CPU the tower takes as many images per call as keep its MLP activations under
+    ``cpu_chunk_bytes`` (so400m: one); the features are those of the whole batch at once."""
+    paths = [str(DATA / c["image"]) for c in CASES[:3]]
+    pixels = torch.stack([metric.preprocess(Image.open(p), p) for p in paths])
+    tower = metric.siglip
+    calls = []
+    hook = tower.model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    try:
+        with torch.no_grad():
+            whole = tower.image_features(pixels)
+            assert len(calls) == 1  # the tiny fixture tower: far under the cap
+            tower.cpu_chunk_bytes = 1  # one image per call, as for so400m at 384 px
+            chunked = tower.image_features(pixels)
+    finally:
+        hook.remove()
+        del tower.cpu_chunk_bytes
+    assert len(calls) == 1 + 3
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)  # batch layout changes float32 sums only
+
+
 def test_local_directory_with_a_vision_only_checkpoint_and_options(metric, tmp_path):
     """A SiglipVisionModel save (model_type siglip_vision_model) and a renamed head load the same."""
     d = tmp_path / "vision-only"

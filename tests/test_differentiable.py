@@ -19,6 +19,7 @@ from prefscore.metrics.clipiqa import BUILTIN_PROMPTS
 from conftest import read_jsonl, shared_fixture
 
 RN50_DATA = Path(__file__).parent / "data" / "clipiqa_rn50"
+VQA_DATA = Path(__file__).parent / "data" / "vqascore"
 MAX_REL = 1e-6  # measured: 0 (bit-exact) on every fixture set; the bound only allows for other BLAS builds
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -149,6 +150,28 @@ def test_imagereward_and_prompt_rules():
         metric.score_tensor(torch.rand(1, 3, 32, 32))
     with pytest.raises(PromptError):
         metric.score_tensor(torch.rand(2, 3, 32, 32), ["only one"])
+
+
+def test_vqascore_clip_flant5():
+    """Pad to a square with the mean colour, then CLIPImageProcessor at 336 px, in torch: the tensors
+    equal the Pillow path's on every fixture image (tall, wide, 1x1, converted modes, 2400x1800)."""
+    root = VQA_DATA
+    metric = prefscore.load("vqascore", model=root / "clip-flant5", vision_tower=root / "clip-vit-large-patch14-336")
+    images = sorted(p.name for p in (root / "images").iterdir() if p.name != "not_an_image.png")
+    for name in images:
+        rgb = Image.open(root / "images" / name).convert("RGB")
+        x = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None].float() / 255
+        assert torch.equal(metric.preprocess_tensor(x)[0], metric.preprocess(rgb, name)), name
+    prompts = ["a red fox in the snow"] * len(images) + ["two cats on a sofa"] * len(images)
+    rows, rel, _ = _gaps(metric, root / "images", images * 2, prompts)
+    assert len(rows) == 22 and rel <= MAX_REL
+    _check_grad(metric, ["a fox", "a cabin"])  # tall (40x30): padded on the sides
+    _check_grad(metric, "a fox", size=(30, 40))  # wide: padded above and below
+    # score() first: nothing it caches breaks a later backward pass
+    metric.score(root / "images" / "square.png", "a fox")
+    pixels = torch.rand(1, 3, 20, 20, requires_grad=True)
+    metric.score_tensor(pixels, "a fox").sum().backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
 
 
 def test_score_then_score_tensor_with_gradients():

@@ -118,6 +118,9 @@ def load(name: str, model: str | Path | None = None, device: str = "cpu", dtype:
     module_name, cls_name = spec.entry.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     metric = cls(spec, source=str(model) if model is not None else spec.default_model, device=device, dtype=dtype, **options)
+    from .memory import settle_malloc_thresholds
+
+    settle_malloc_thresholds()  # CPU forwards otherwise keep page-faulting their activations (see prefscore.memory)
     return metric
 
 

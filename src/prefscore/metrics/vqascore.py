@@ -283,6 +283,26 @@ class ClipT5:
     def preprocess_key(self) -> tuple:
         return ("vqascore-pad-square", self.background, self.processor)
 
+    def preprocess_tensor(self, pixels: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """Differentiable twin of :meth:`preprocess`: RGB ``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, 336, 336)``.
+
+        ``expand2square`` in torch (the mean colour, as 8-bit levels / 255, around the image at offset
+        ``(long - short) // 2``), then :func:`prefscore.differentiable.hf_clip_tensor`; with ``quantize``
+        the padding holds exactly the colour Pillow pastes, so the values equal :meth:`preprocess`'s.
+        """
+        from ..differentiable import check_pixels, hf_clip_tensor
+
+        x = check_pixels(pixels)
+        b, _, h, w = x.shape
+        if h != w:
+            fill = torch.tensor(self.background, dtype=x.dtype, device=x.device).div(255.0).view(1, 3, 1, 1)
+            axis, short, long = (2, h, w) if w > h else (3, w, h)
+            before = (long - short) // 2
+            sizes = [before, long - short - before]
+            pads = [fill.expand(b, 3, n, w) if axis == 2 else fill.expand(b, 3, h, n) for n in sizes]
+            x = torch.cat([pads[0], x, pads[1]], dim=axis)
+        return hf_clip_tensor(x, self.processor, quantize=quantize)
+
     def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
         """Encoder ids before and after the image (``t5_tokenizer_image_token``, cut at 2048 in all)."""
         if prompt not in self._ids:
