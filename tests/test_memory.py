@@ -41,6 +41,7 @@ def _probe(tuning: str) -> tuple[bool, int]:
 def test_freed_activations_are_reused_without_page_faults():
     settled, faults = _probe("1")
     assert settled and faults < PAGES // 4  # measured 0 (once 1024 in 4 runs): the heap keeps the freed memory
-    # glibc's own thresholds (PREFSCORE_MALLOC_TUNING=0): the heap top is given back and faulted again
-    unsettled, cold = _probe("0")
-    assert not unsettled and cold >= PAGES // 4  # measured 12256 (3 of 4 runs) and 4088
+    # PREFSCORE_MALLOC_TUNING=0 leaves glibc's own thresholds alone. How many pages are then faulted again depends
+    # on what raised glibc's dynamic threshold before (measured 12256, 4088, 1024 in runs here), so it is not asserted.
+    unsettled, _ = _probe("0")
+    assert not unsettled
