@@ -24,6 +24,11 @@ def shared_fixture(name: str) -> Path:
     return path
 
 
+def parity_tol(ref: float) -> float:
+    """The fixtures' parity tolerance against an official reference value: ``1e-4 * max(1, |ref|)``."""
+    return 1e-4 * max(1.0, abs(ref))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

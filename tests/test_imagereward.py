@@ -12,13 +12,9 @@ import pytest
 import torch
 
 import prefscore
-from conftest import read_jsonl, shared_fixture
+from conftest import parity_tol, read_jsonl, shared_fixture
 from prefscore.metrics.imagereward import REWARD_MEAN, REWARD_STD
 
-
-def _tol(ref: float) -> float:
-    """The fixture README's tolerance: |ours - reference| <= 1e-4 * max(1, |reference|)."""
-    return 1e-4 * max(1.0, abs(ref))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def test_every_case_matches_official_score(fixture, metric):
     scores = metric.score([fixture / c["image"] for c in cases], [c["prompt"] for c in cases], batch_size=16)
     assert scores.shape == (40,)
     for case, got in zip(cases, scores):
-        assert abs(got - case["reward"]) <= _tol(case["reward"]), (case["image"], case["prompt"][:30], got, case["reward"])
+        assert abs(got - case["reward"]) <= parity_tol(case["reward"]), (case["image"], case["prompt"][:30], got, case["reward"])
 
 
 def test_rank_matches_official_inference_rank(fixture, metric):
@@ -49,13 +45,13 @@ def test_rank_matches_official_inference_rank(fixture, metric):
         assert ranks == group["ranks"], group["prompt"][:30]
         assert all(isinstance(r, int) for r in ranks) and all(isinstance(r, float) for r in rewards)
         for got, ref in zip(rewards, group["rewards"]):
-            assert abs(got - ref) <= _tol(ref)
+            assert abs(got - ref) <= parity_tol(ref)
 
 
 def test_single_image_score_and_rank(fixture, metric):
     case = read_jsonl(fixture / "cases.jsonl")[1]
     got = metric.score(fixture / case["image"], case["prompt"])
-    assert np.ndim(got) == 0 and abs(float(got) - case["reward"]) <= _tol(case["reward"])
+    assert np.ndim(got) == 0 and abs(float(got) - case["reward"]) <= parity_tol(case["reward"])
     ranks, rewards = metric.rank(case["prompt"], [fixture / case["image"]])
     assert ranks == [1] and rewards == [pytest.approx(float(got), abs=1e-6)]
 
@@ -111,7 +107,7 @@ def test_bad_images_do_not_lose_other_items(fixture, metric, tmp_path):
     out = metric.score(items, prompts, batch_size=4, on_error="nan")
     assert np.isnan(out[1]) and np.isnan(out[4])
     for i, case in zip((0, 2, 3, 5), picked):
-        assert abs(out[i] - case["reward"]) <= _tol(case["reward"])
+        assert abs(out[i] - case["reward"]) <= parity_tol(case["reward"])
     with pytest.raises(prefscore.ScoringError) as info:
         metric.score(items, prompts, batch_size=4)
     assert [e[0] for e in info.value.errors] == [1, 4]
@@ -195,7 +191,7 @@ def test_tokenizer_falls_back_to_the_hub_and_accepts_an_option(fixture, tmp_path
         prefscore.load("imagereward", model=root)
     metric = prefscore.load("imagereward", model=root, tokenizer=str(fixture / "model" / "tokenizer"))
     case = read_jsonl(fixture / "cases.jsonl")[5]
-    assert abs(metric.score([fixture / case["image"]], case["prompt"])[0] - case["reward"]) <= _tol(case["reward"])
+    assert abs(metric.score([fixture / case["image"]], case["prompt"])[0] - case["reward"]) <= parity_tol(case["reward"])
 
 
 def test_unknown_option_is_rejected(fixture):

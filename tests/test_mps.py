@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 import prefscore
-from conftest import read_jsonl
+from conftest import parity_tol, read_jsonl
 from prefscore.errors import CheckpointError, ModelSourceError, ScoringError
 from prefscore.metrics.mps import OVERALL_CONDITION, condition_bias, convert_checkpoint, read_mps_checkpoint
 
@@ -27,9 +27,6 @@ META = json.loads((DATA / "set.json").read_text())
 PROCESSOR_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json"]
 
-
-def _tol(ref: float) -> float:
-    return 1e-4 * max(1.0, abs(ref))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +51,7 @@ def test_every_case_matches_official_scores_and_probabilities(metric):
         images = [DATA / i for i in case["images"]]
         scores = metric.score(images, case["prompt"])
         for got, ref in zip(scores, case["scores"]):
-            assert abs(got - ref) <= _tol(ref), (case["prompt"], case["images"], got, ref)
+            assert abs(got - ref) <= parity_tol(ref), (case["prompt"], case["images"], got, ref)
         probs = metric.compare(images, case["prompt"])
         np.testing.assert_allclose(probs, case["probs"], rtol=0, atol=1e-4)
     # the cases are not degenerate: scores differ between images well beyond the tolerance
@@ -109,7 +106,7 @@ def test_images_the_official_code_cannot_score(metric):
     with pytest.raises(ScoringError) as info:
         metric.score(images, prompt)
     scores = info.value.scores
-    assert abs(scores[0] - SCORED[0]["scores"][0]) <= _tol(SCORED[0]["scores"][0])
+    assert abs(scores[0] - SCORED[0]["scores"][0]) <= parity_tol(SCORED[0]["scores"][0])
     assert np.isnan(scores[1]) and np.isfinite(scores[2])
     assert [e[0] for e in info.value.errors] == [1] and "truncated" in info.value.errors[0][2]
     again = metric.score(images, prompt, on_error="nan")
@@ -128,7 +125,7 @@ def test_cli_scores_match_official(tmp_path):
     assert result.exit_code == 3, result.output  # finished, with an error row (truncated.png)
     rows = {Path(r["image"]).name: r for r in csv.DictReader(out.open())}
     for image, score in ref.items():
-        assert abs(float(rows[Path(image).name]["mps"]) - score) <= _tol(score), image
+        assert abs(float(rows[Path(image).name]["mps"]) - score) <= parity_tol(score), image
     assert "truncated" in rows["truncated.png"]["error"]
 
 
@@ -326,7 +323,7 @@ def test_engine_with_another_clip_h_metric_sharing_preprocessing(tmp_path):
     assert len(rows) == len(ref)
     for row in rows:
         image = "images/" + Path(row["image"]).name
-        assert abs(row["mps"] - ref[image]) <= _tol(ref[image]) and np.isfinite(row["pickscore"])
+        assert abs(row["mps"] - ref[image]) <= parity_tol(ref[image]) and np.isfinite(row["pickscore"])
 
 
 def test_processor_from_the_laion_repo_offline_is_a_clear_error(tmp_path):
@@ -339,4 +336,4 @@ def test_processor_from_the_laion_repo_offline_is_a_clear_error(tmp_path):
         prefscore.load("mps", model=str(d))
     case = SCORED[0]
     scores = prefscore.load("mps", model=str(d), processor=str(DATA)).score([DATA / i for i in case["images"]], case["prompt"])
-    np.testing.assert_allclose(scores, case["scores"], rtol=0, atol=_tol(max(map(abs, case["scores"]))))
+    np.testing.assert_allclose(scores, case["scores"], rtol=0, atol=parity_tol(max(map(abs, case["scores"]))))

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 import prefscore
-from conftest import assert_close_paths, read_jsonl, shared_fixture
+from conftest import assert_close_paths, parity_tol, read_jsonl, shared_fixture
 
-
-def _tol(ref: float) -> float:
-    return 1e-4 * max(1.0, abs(ref))
 
 
 # -- LAION aesthetic -----------------------------------------------------------------------------
@@ -26,7 +23,7 @@ def test_laion_aesthetic(laion, name, key):
     scores = metric.score([laion / c["image"] for c in cases], batch_size=3)
     assert scores.shape == (len(cases),)
     for case, got in zip(cases, scores):
-        assert abs(got - case[key]) <= _tol(case[key]), (case["image"], got, case[key])
+        assert abs(got - case[key]) <= parity_tol(case[key]), (case["image"], got, case[key])
 
 
 def test_laion_single_image_and_inputs(laion):
@@ -57,7 +54,7 @@ def test_hpsv2(hps, name, checkpoint):
     for case, got in zip(cases, scores):
         assert np.isfinite(got)  # reference_error cases (RGBA) are scored too, with alpha dropped
         if "score" in case:
-            assert abs(got - case["score"]) <= _tol(case["score"]), (case["image"], case["prompt"][:30], got, case["score"])
+            assert abs(got - case["score"]) <= parity_tol(case["score"]), (case["image"], case["prompt"][:30], got, case["score"])
             compared += 1
     assert compared == 42
 
@@ -111,7 +108,7 @@ def test_pickscore(pick):
         ids = metric.tokenizer(case["prompt"], truncation=True, max_length=77)["input_ids"]
         assert ids == case["input_ids"], case["prompt"]
         for got, ref in zip(scores, case["scores"]):
-            assert abs(got - ref) <= _tol(ref), (case["prompt"], got, ref)
+            assert abs(got - ref) <= parity_tol(ref), (case["prompt"], got, ref)
         assert np.abs(probs - np.asarray(case["probs"])).max() <= 1e-4
         assert probs.sum() == pytest.approx(1.0)
 

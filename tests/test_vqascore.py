@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import prefscore
-from conftest import read_jsonl
+from conftest import parity_tol, read_jsonl
 from prefscore.cli import app
 from prefscore.errors import ModelSourceError, PromptError, ScoringError
 
@@ -21,9 +21,6 @@ TOWER = DATA / "clip-vit-large-patch14-336"
 CASES = read_jsonl(DATA / "cases.jsonl")
 SET = json.loads((DATA / "set.json").read_text())
 
-
-def tol(ref: float) -> float:
-    return 1e-4 * max(1.0, abs(ref))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_every_official_case(scored):
     for case, value in zip(CASES, scores):
         if case["score"] is None:
             continue
-        assert abs(value - case["score"]) <= tol(case["score"]), (case["image"], case["prompt_index"], value, case["score"])
+        assert abs(value - case["score"]) <= parity_tol(case["score"]), (case["image"], case["prompt_index"], value, case["score"])
         checked += 1
     assert checked == 42  # 10 images x 4 prompts + the 2048-id prompt on two of them
     assert sum(c["prompt_index"] == 4 and c["score"] is not None for c in CASES) == 2
@@ -83,7 +80,7 @@ def test_tokens_as_the_official_code_builds_them(metric):
 def test_single_call_matches_batched(metric):
     case = CASES[2]
     value = metric.score(str(DATA / case["image"]), case["prompt"])
-    assert abs(value - case["score"]) <= tol(case["score"])
+    assert abs(value - case["score"]) <= parity_tol(case["score"])
 
 
 def test_compare_is_softmax_of_log_odds(metric):
@@ -132,7 +129,7 @@ def test_cli_once(tmp_path):
     assert result.exit_code == 0, result.output
     row = read_jsonl(out)[0]
     value = row["vqascore"]
-    assert abs(value - case["score"]) <= tol(case["score"])
+    assert abs(value - case["score"]) <= parity_tol(case["score"])
 
 
 def test_evaluation_scores_it(metric):
@@ -143,7 +140,7 @@ def test_evaluation_scores_it(metric):
                                      ["vqascore"], loaded={"vqascore": metric})
     assert not failures
     for c, v in zip(cases, table.values["vqascore"]):
-        assert abs(v - c["score"]) <= tol(c["score"])
+        assert abs(v - c["score"]) <= parity_tol(c["score"])
 
 
 def test_evaluate_calibrate_and_composite_accept_it(metric, tmp_path):
@@ -163,7 +160,7 @@ def test_evaluate_calibrate_and_composite_accept_it(metric, tmp_path):
                    config=EvalConfig(n_boot=0))
     got = dict(zip(res.item_scores.images, res.item_scores.values["vqascore"]))
     for n, p in zip(names, paths):
-        assert abs(got[p] - ref[n]) <= tol(ref[n])
+        assert abs(got[p] - ref[n]) <= parity_tol(ref[n])
     human_ok = np.mean([ref[names[a]] > ref[names[b]] for a, b in [(0, 1), (2, 3), (1, 2)]])
     assert res.get("vqascore", "accuracy").estimate == pytest.approx(human_ok)
 

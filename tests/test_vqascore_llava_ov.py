@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import prefscore
-from conftest import read_jsonl
+from conftest import parity_tol, read_jsonl
 from prefscore import hub
 from prefscore.cli import app
 from prefscore.errors import CheckpointError, ModelSourceError, ScoringError
@@ -22,9 +22,6 @@ TOWER = DATA / "siglip-so400m-patch14-384"
 CASES = read_jsonl(DATA / "cases.jsonl")
 SET = json.loads((DATA / "set.json").read_text())
 
-
-def tol(ref: float) -> float:
-    return 1e-4 * max(1.0, abs(ref))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_every_official_case(scored):
     for case, value in zip(CASES, scores):
         if case["score"] is None:
             continue
-        assert abs(value - case["score"]) <= tol(case["score"]), (case["image"], case["prompt_index"], value, case["score"])
+        assert abs(value - case["score"]) <= parity_tol(case["score"]), (case["image"], case["prompt_index"], value, case["score"])
         checked += 1
     # 11 images x 4 prompts + the cut long prompt and the "<image>" prompt on two of them
     assert checked == 48
@@ -89,7 +86,7 @@ def test_tiles_follow_the_grid(metric):
 def test_single_call_matches_batched(metric):
     case = CASES[2]
     value = metric.score(str(DATA / case["image"]), case["prompt"])
-    assert abs(value - case["score"]) <= tol(case["score"])
+    assert abs(value - case["score"]) <= parity_tol(case["score"])
 
 
 def test_cli_once(tmp_path):
@@ -98,7 +95,7 @@ def test_cli_once(tmp_path):
     result = CliRunner().invoke(app, ["score", str(DATA / case["image"]), "-m", "vqascore", "--model", str(MODEL),
                                       "--option", f"vision_tower={TOWER}", "--prompt", case["prompt"], "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert abs(read_jsonl(out)[0]["vqascore"] - case["score"]) <= tol(case["score"])
+    assert abs(read_jsonl(out)[0]["vqascore"] - case["score"]) <= parity_tol(case["score"])
 
 
 def test_t2v_metrics_names_map_to_lmms_lab(monkeypatch):
@@ -215,4 +212,4 @@ def test_llava_hf_layout_gives_the_same_scores(tmp_path, new_names):
     cases = [c for c in CASES if c["score"] is not None and c["prompt_index"] in (0, 3)][:6]
     values = hf.score([str(DATA / c["image"]) for c in cases], [c["prompt"] for c in cases])
     for case, value in zip(cases, values):
-        assert abs(value - case["score"]) <= tol(case["score"]), (case["image"], value, case["score"])
+        assert abs(value - case["score"]) <= parity_tol(case["score"]), (case["image"], value, case["score"])

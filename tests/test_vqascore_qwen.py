@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import prefscore
-from conftest import read_jsonl
+from conftest import parity_tol, read_jsonl
 from prefscore.cli import app
 from prefscore.errors import CheckpointError, ModelSourceError, PromptError, ScoringError
 from prefscore.metrics.vqascore import resolve_model
@@ -21,9 +21,6 @@ CASES = read_jsonl(DATA / "cases.jsonl")
 SET = json.loads((DATA / "set.json").read_text())
 FAMILIES = ("qwen2-vl", "qwen2.5-vl")
 
-
-def tol(ref: float) -> float:
-    return 1e-4 * max(1.0, abs(ref))
 
 
 def cases(family: str) -> list[dict]:
@@ -58,7 +55,7 @@ def test_every_official_case_batched(loaded, scored):
     for case, value in zip(rows, scores):
         if case["score"] is None:
             continue
-        assert abs(value - case["score"]) <= tol(case["score"]), (family, case["image"], case["prompt_index"], value,
+        assert abs(value - case["score"]) <= parity_tol(case["score"]), (family, case["image"], case["prompt_index"], value,
                                                                    case["score"])
         checked += 1
     assert checked == 10 * 5 + 1  # 10 images x 5 prompts, the large JPEG with one
@@ -73,7 +70,7 @@ def test_single_calls_match(loaded):
     family, metric = loaded
     for case in [c for c in cases(family) if c["score"] is not None and c["image"].endswith(("wide.png", "tall.jpg"))]:
         value = metric.score(str(DATA / case["image"]), case["prompt"])
-        assert abs(value - case["score"]) <= tol(case["score"]), (family, case["image"], case["prompt_index"])
+        assert abs(value - case["score"]) <= parity_tol(case["score"]), (family, case["image"], case["prompt_index"])
 
 
 def test_official_inputs(loaded):
@@ -95,13 +92,13 @@ def test_repetition_penalty_is_applied(loaded):
     ref = SET["models"][family]["without_repetition_penalty"]
     case = next(c for c in cases(family) if c["image"].endswith(ref["image"]) and c["prompt_index"] == ref["prompt_index"])
     assert metric.model.penalty == 1.05
-    assert abs(case["score"] - ref["score"]) > 10 * tol(ref["score"])  # the fixture tells the two apart
+    assert abs(case["score"] - ref["score"]) > 10 * parity_tol(ref["score"])  # the fixture tells the two apart
     metric.model.penalty = 1.0
     try:
         value = metric.score(str(DATA / case["image"]), case["prompt"])
     finally:
         metric.model.penalty = 1.05
-    assert abs(value - ref["score"]) <= tol(ref["score"])
+    assert abs(value - ref["score"]) <= parity_tol(ref["score"])
 
 
 def test_prompt_with_image_token_is_refused(loaded):
@@ -150,7 +147,7 @@ def test_t2v_metrics_name_loads_from_the_hub_cache(monkeypatch, tmp_path):
     shutil.copytree(DATA / "qwen2.5-vl", root / "snapshots" / commit)
     metric = prefscore.load("vqascore", model="qwen2.5-vl-7b")
     case = next(c for c in cases("qwen2.5-vl") if c["image"].endswith("square.png") and c["prompt_index"] == 0)
-    assert abs(metric.score(str(DATA / case["image"]), case["prompt"]) - case["score"]) <= tol(case["score"])
+    assert abs(metric.score(str(DATA / case["image"]), case["prompt"]) - case["score"]) <= parity_tol(case["score"])
 
 
 def test_unknown_model_type_is_refused(tmp_path):
@@ -180,4 +177,4 @@ def test_cli_scores_a_qwen_model(tmp_path):
                                       str(DATA / "qwen2.5-vl"), "--prompt", case["prompt"], "-o", str(out)])
     assert result.exit_code == 0, result.output
     value = read_jsonl(out)[0]["vqascore"]
-    assert abs(value - case["score"]) <= tol(case["score"])
+    assert abs(value - case["score"]) <= parity_tol(case["score"])
