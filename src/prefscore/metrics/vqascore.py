@@ -6,7 +6,10 @@ prompt, as t2v-metrics 3.0 computes it. The model family follows ``model_type`` 
   described below;
 * ``qwen2_vl`` / ``qwen2_5_vl`` (:mod:`prefscore.metrics.vqascore_qwen`, ``qwen2-vl-2b/7b/72b``,
   ``qwen2.5-vl-3b/7b/32b/72b``): ``Does this image show "{prompt}"?`` in the model's chat template; the score
-  is the probability of the first token of ``Yes`` after the generation config's repetition penalty.
+  is the probability of the first token of ``Yes`` after the generation config's repetition penalty;
+* ``llava`` (``LlavaQwenForCausalLM``) / ``llava_onevision`` (:mod:`prefscore.metrics.vqascore_llava_ov`,
+  ``llava-onevision-qwen2-7b-ov/-si``): ``Does this image show "{prompt}"? Answer the question with Yes or No`` in
+  the ``qwen_1_5`` chat template, each anyres tile encoded as a video frame as t2v-metrics does.
 
 ``question`` / ``answer`` default to the family's t2v-metrics templates.
 
@@ -48,7 +51,6 @@ from ..backbones.clip import read_state_dict
 from ..base import Metric, check_options
 from ..errors import CheckpointError, ModelSourceError, PromptError
 from .qalign_backends import expand2square, pad_colour
-from .vqascore_qwen import QWEN_MODELS
 
 QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 ANSWER = "Yes"
@@ -66,12 +68,21 @@ CONVERSATIONS = {
     "t5_plain": IMAGE_TOKEN + "{}",
 }
 MODEL_FILES = ["config.json", "*.safetensors", "*.bin", "*.json", "merges.txt", "vocab.json"]
-#: t2v-metrics 3.0's model names accepted as ``model=``
+#: t2v-metrics 3.0's ``QWEN2_VL_MODELS`` names -> hub repositories
+QWEN_MODELS = {
+    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen2-vl-72b": "Qwen/Qwen2-VL-72B-Instruct",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2.5-vl-32b": "Qwen/Qwen2.5-VL-32B-Instruct",
+    "qwen2.5-vl-72b": "Qwen/Qwen2.5-VL-72B-Instruct",
+}
 #: t2v-metrics' LLaVA-OneVision names -> hub repositories (lmms-lab layout)
 LLAVA_OV_MODELS = {"llava-onevision-qwen2-7b-ov": "lmms-lab/llava-onevision-qwen2-7b-ov",
                    "llava-onevision-qwen2-7b-si": "lmms-lab/llava-onevision-qwen2-7b-si"}
 MODEL_ALIASES = {"clip-flant5-xxl": "zhiqiulin/clip-flant5-xxl", "clip-flant5-xl": "zhiqiulin/clip-flant5-xl",
-                 **QWEN_MODELS, **LLAVA_OV_MODELS}
+                 **QWEN_MODELS, **LLAVA_OV_MODELS}  # every t2v-metrics name ``model=`` accepts
 QWEN_CLASSES = ("qwen2_vl", "qwen2_5_vl")
 TOKENIZER_FILES = ["spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json"]
@@ -119,7 +130,7 @@ class VQAScoreOptions:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"{path}: cannot read: {exc}") from None
 
@@ -271,9 +282,6 @@ class ClipT5:
         self._ids: dict[str, tuple[list[int], list[int]]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------
-    def preprocess_key(self):
-        return ("vqascore-pad-square", self.background, self.processor)
-
     def preprocess(self, image, name: str) -> torch.Tensor:
         """``convert("RGB")`` -> pad to a square with the mean colour -> CLIPImageProcessor (4.x)."""
         from ..images import to_rgb

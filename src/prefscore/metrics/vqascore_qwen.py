@@ -32,7 +32,6 @@ run once per distinct image of a batch.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import torch
 from ..backbones.qwen2vl import (IMAGE_TOKEN, MAX_PIXELS, MIN_PIXELS, QwenVisionSettings, compile_template,
                                  grid_of, load_tokenizer, qwen_pixels, qwen_pixels_tensor, read_chat_template)
 from ..errors import CheckpointError, ModelSourceError, PromptError
+from .vqascore import _read_json
 
 QUESTION = 'Does this image show "{}"?'
 ANSWER = "Yes"
@@ -48,16 +48,6 @@ ANSWER = "Yes"
 FIRST_PIXELS = (MIN_PIXELS, MAX_PIXELS)
 #: config.json ``model_type`` -> transformers class
 MODEL_CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-#: t2v-metrics 3.0's ``QWEN2_VL_MODELS`` names -> hub repositories
-QWEN_MODELS = {
-    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
-    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
-    "qwen2-vl-72b": "Qwen/Qwen2-VL-72B-Instruct",
-    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-    "qwen2.5-vl-32b": "Qwen/Qwen2.5-VL-32B-Instruct",
-    "qwen2.5-vl-72b": "Qwen/Qwen2.5-VL-72B-Instruct",
-}
 MODEL_FILES = ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
                "tokenizer_config.json", "chat_template.json", "chat_template.jinja", "*.safetensors",
                "model.safetensors.index.json"]
@@ -68,13 +58,6 @@ INACTIVE = {"no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "min_le
             "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
             "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1, 1.0),
             "remove_invalid_values": (None, False), "forced_decoder_ids": (None,)}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"{path}: cannot read: {exc}") from None
 
 
 def repetition_penalty(directory: Path) -> float:
@@ -223,4 +206,4 @@ class QwenVL:
         return probs[torch.arange(b, device=self.device), torch.tensor(answers, device=self.device)]
 
 
-__all__ = ["ANSWER", "FIRST_PIXELS", "MODEL_CLASSES", "QUESTION", "QWEN_MODELS", "QwenVL", "repetition_penalty"]
+__all__ = ["ANSWER", "FIRST_PIXELS", "MODEL_CLASSES", "QUESTION", "QwenVL", "repetition_penalty"]
